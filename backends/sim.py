@@ -1,0 +1,457 @@
+"""The embedded simulated engine: a real OpenAI-compatible streaming HTTP server timed by an engine model.
+
+The engine runs in its own thread with a precise sleep (asyncio's timers round to whole milliseconds,
+which would distort few-millisecond decode steps) and a virtual clock: each iteration starts when the
+previous one was due to end, so wake-up jitter never accumulates into the simulated throughput.
+Tokens are handed to the event loop, which streams them as SSE chunks.
+
+Ground truth for measuring a client's own error: every request's server-side receive, first-token-write
+and finish times on `time.perf_counter_ns()` (CLOCK_MONOTONIC on Linux, shared by all processes of the
+host), served at GET /sim/requests. Everything here is simulated and says so (`/sim/info`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+from aiohttp import web
+
+from backends.errors import BackendError
+from backends.roofline import EngineCostParams, iteration_cost, memory_plan
+from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
+from scenarios.catalog import CatalogError, GPUSpec, ModelSpec, get_gpu, get_model
+
+log = logging.getLogger("backends.sim")
+
+# The sim's tokenizer: one whitespace-separated word is one token. loadgen's prompt approximation
+# writes exactly one word per token, so both sides agree on input lengths without a real tokenizer.
+OUTPUT_WORDS = ("the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "on")
+
+
+def count_prompt_tokens(prompt: object) -> int:
+    if isinstance(prompt, str):
+        return len(prompt.split())
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    raise ValueError("prompt must be a string or a list of token ids")
+
+
+def count_chat_tokens(messages: object) -> int:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list")
+    total = 0
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):  # content parts
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not isinstance(content, str):
+            raise ValueError("each message needs a string 'content'")
+        total += len(content.split())
+    return total
+
+
+@dataclass
+class SimConfig:
+    model: ModelSpec
+    gpu: GPUSpec
+    tp: int = 1
+    served_model_name: str | None = None
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    cost: EngineCostParams = field(default_factory=EngineCostParams)
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model.name
+
+
+@dataclass
+class GroundTruth:
+    id: str
+    received_ns: int
+    prompt_tokens: int
+    max_tokens: int
+    first_token_ns: int | None = None
+    finished_ns: int | None = None
+    completion_tokens: int = 0
+    preemptions: int = 0
+    status: str = "running"
+
+
+class SimEngine:
+    """Owns the scheduler in a dedicated thread; the event loop talks to it through an inbox."""
+
+    def __init__(self, config: SimConfig, loop: asyncio.AbstractEventLoop):
+        self.config = config
+        self.loop = loop
+        plan = memory_plan(config.model, config.gpu, config.tp, config.gpu_memory_utilization)
+        self.kv_capacity_tokens = plan.kv_capacity_tokens
+        self.scheduler = ContinuousBatchScheduler(
+            kv_capacity_tokens=plan.kv_capacity_tokens,
+            block_size=config.block_size,
+            max_num_seqs=config.max_num_seqs,
+            max_batched_tokens=config.max_batched_tokens,
+        )
+        self._inbox: deque[tuple[str, object]] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
+        self._thread = threading.Thread(target=self._run, name="sim-engine", daemon=True)
+        self.iterations = 0
+        self.busy_s = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def submit(self, request: SimRequest) -> asyncio.Queue[TokenEvent]:
+        queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._queues[request.rid] = queue
+        self._inbox.append(("add", request))
+        self._wake.set()
+        return queue
+
+    def abort(self, rid: str) -> None:
+        self._queues.pop(rid, None)
+        self._inbox.append(("abort", rid))
+        self._wake.set()
+
+    def _deliver(self, events: list[TokenEvent]) -> None:
+        for ev in events:
+            queue = self._queues.get(ev.rid)
+            if queue is not None:
+                queue.put_nowait(ev)
+                if ev.finished:
+                    del self._queues[ev.rid]
+
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            op, arg = self._inbox.popleft()
+            if op == "add":
+                self.scheduler.add(arg)  # type: ignore[arg-type]
+            else:
+                self.scheduler.abort(arg)  # type: ignore[arg-type]
+
+    def _run(self) -> None:
+        cfg = self.config
+        due = time.perf_counter()
+        while not self._stop.is_set():
+            self._drain_inbox()
+            if not self.scheduler.has_work:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                due = time.perf_counter()
+                continue
+            plan = self.scheduler.schedule()
+            seconds = iteration_cost(cfg.model, cfg.gpu, cfg.tp, (s.work() for s in plan), cfg.cost).seconds
+            due = max(due, time.perf_counter()) + seconds
+            remaining = due - time.perf_counter()
+            if remaining > 0:
+                time.sleep(remaining)
+            events = self.scheduler.complete(plan)
+            self.iterations += 1
+            self.busy_s += seconds
+            if events:
+                self.loop.call_soon_threadsafe(self._deliver, events)
+
+
+class SimServer:
+    """aiohttp application speaking OpenAI /v1/completions and /v1/chat/completions (streaming or not)."""
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self.engine: SimEngine | None = None
+        self.ground_truth: dict[str, GroundTruth] = {}
+        self._ids = itertools.count()
+        self.started = time.time()
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.post("/v1/completions", self.completions),
+                web.post("/v1/chat/completions", self.chat_completions),
+                web.get("/v1/models", self.models),
+                web.get("/health", self.health),
+                web.get("/metrics", self.metrics),
+                web.get("/sim/requests", self.sim_requests),
+                web.get("/sim/info", self.sim_info),
+            ]
+        )
+        self.app.on_startup.append(self._on_startup)
+        self.app.on_cleanup.append(self._on_cleanup)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self.engine = SimEngine(self.config, asyncio.get_running_loop())
+        self.engine.start()
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        if self.engine:
+            self.engine.stop()
+
+    # -- info endpoints ---------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.config.name, "object": "model", "owned_by": "dissect-sim",
+                                         "max_model_len": self.config.model.max_context}]}
+        )
+
+    async def sim_info(self, request: web.Request) -> web.Response:
+        cfg = self.config
+        assert self.engine is not None
+        return web.json_response(
+            {
+                "simulated": True,
+                "model": cfg.model.name,
+                "gpu": cfg.gpu.key,
+                "tp": cfg.tp,
+                "kv_capacity_tokens": self.engine.kv_capacity_tokens,
+                "max_num_seqs": cfg.max_num_seqs,
+                "max_batched_tokens": cfg.max_batched_tokens,
+                "cost_params": asdict(cfg.cost),
+                "clock": "time.perf_counter_ns (CLOCK_MONOTONIC)",
+            }
+        )
+
+    async def sim_requests(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": [asdict(g) for g in self.ground_truth.values()]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        assert self.engine is not None
+        s = self.engine.scheduler
+        name = self.config.name
+        lines = [
+            "# HELP vllm:num_requests_running Number of requests in the running batch (simulated).",
+            "# TYPE vllm:num_requests_running gauge",
+            f'vllm:num_requests_running{{model_name="{name}"}} {len(s.running)}',
+            "# HELP vllm:num_requests_waiting Number of requests waiting (simulated).",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f'vllm:num_requests_waiting{{model_name="{name}"}} {len(s.waiting)}',
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage, 1 = full (simulated).",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f'vllm:kv_cache_usage_perc{{model_name="{name}"}} {s.kv_usage:.6f}',
+            "# HELP vllm:num_preemptions_total Preemptions (simulated).",
+            "# TYPE vllm:num_preemptions_total counter",
+            f'vllm:num_preemptions_total{{model_name="{name}"}} {s.preemptions}',
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    # -- generation -------------------------------------------------------------------------------
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    def _error(self, status: int, message: str) -> web.Response:
+        return web.json_response(
+            {"error": {"message": message, "type": "BadRequestError", "code": status}}, status=status
+        )
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        received_ns = time.perf_counter_ns()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._error(400, "request body is not valid JSON")
+        if not isinstance(body, dict):
+            return self._error(400, "request body must be a JSON object")
+        try:
+            prompt_tokens = count_chat_tokens(body.get("messages")) if chat else count_prompt_tokens(body.get("prompt"))
+        except ValueError as exc:
+            return self._error(400, str(exc))
+        default_max = 16 if not chat else 256
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or default_max
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            return self._error(400, "max_tokens must be a positive integer")
+        limit = self.config.model.max_context
+        if prompt_tokens + max_tokens > limit:
+            return self._error(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion).",
+            )
+        assert self.engine is not None
+        if not self.engine.scheduler.fits(prompt_tokens, max_tokens):
+            return self._error(400, "request needs more KV-cache blocks than the engine has")
+
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{next(self._ids)}"
+        truth = GroundTruth(rid, received_ns, prompt_tokens, max_tokens)
+        self.ground_truth[rid] = truth
+        queue = self.engine.submit(SimRequest(rid, prompt_tokens, max_tokens))
+        stream = bool(body.get("stream", False))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+        created = int(time.time())
+        model = body.get("model") or self.config.name
+        head = (
+            f'{{"id":"{rid}","object":"{"chat.completion.chunk" if chat else "text_completion"}",'
+            f'"created":{created},"model":{json.dumps(model)},"choices":[{{"index":0,'
+        )
+        try:
+            if stream:
+                return await self._stream(request, queue, truth, head, chat, include_usage)
+            return await self._whole(queue, truth, rid, created, model, chat)
+        except (asyncio.CancelledError, ConnectionResetError):
+            truth.status = "cancelled"
+            self.engine.abort(rid)
+            raise
+        finally:
+            if truth.status == "running":
+                truth.status = "aborted"
+                self.engine.abort(rid)
+
+    async def _stream(self, request, queue, truth: GroundTruth, head: str, chat: bool, include_usage: bool):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        if chat:
+            await resp.write(f'data: {head}"delta":{{"role":"assistant","content":""}},"finish_reason":null}}]}}\n\n'.encode())
+        n = 0
+        while True:
+            ev = await queue.get()
+            word = OUTPUT_WORDS[n % len(OUTPUT_WORDS)]
+            n += ev.tokens
+            finish = '"length"' if ev.finished else "null"
+            payload = f'"delta":{{"content":" {word}"}}' if chat else f'"text":" {word}","logprobs":null'
+            chunk = f"data: {head}{payload},\"finish_reason\":{finish}}}]}}\n\n"
+            if truth.first_token_ns is None:
+                truth.first_token_ns = time.perf_counter_ns()
+            await resp.write(chunk.encode())
+            if ev.finished:
+                break
+        truth.completion_tokens = n
+        tail = ""
+        if include_usage:
+            usage = {"prompt_tokens": truth.prompt_tokens, "completion_tokens": n,
+                     "total_tokens": truth.prompt_tokens + n}
+            prefix = head[: head.rindex(',"choices"')]
+            tail = f'data: {prefix},"choices":[],"usage":{json.dumps(usage)}}}\n\n'
+        await resp.write((tail + "data: [DONE]\n\n").encode())
+        truth.finished_ns = time.perf_counter_ns()
+        truth.status = "ok"
+        await resp.write_eof()
+        return resp
+
+    async def _whole(self, queue, truth: GroundTruth, rid: str, created: int, model: str, chat: bool):
+        n = 0
+        while True:
+            ev = await queue.get()
+            if truth.first_token_ns is None:
+                truth.first_token_ns = time.perf_counter_ns()
+            n += ev.tokens
+            if ev.finished:
+                break
+        text = "".join(" " + OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(n))
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+            if chat
+            else {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
+        )
+        truth.completion_tokens = n
+        truth.finished_ns = time.perf_counter_ns()
+        truth.status = "ok"
+        return web.json_response(
+            {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": {"prompt_tokens": truth.prompt_tokens, "completion_tokens": n,
+                          "total_tokens": truth.prompt_tokens + n},
+            }
+        )
+
+
+def build_config(model: str, gpu: str, tp: int, **kwargs) -> SimConfig:
+    """Resolve catalog names and check the model fits; raises BackendError/CatalogError for user mistakes."""
+    config = SimConfig(model=get_model(model), gpu=get_gpu(gpu), tp=tp, **kwargs)
+    if tp < 1:
+        raise BackendError(f"--gpus must be at least 1, got {tp}")
+    try:
+        plan = memory_plan(config.model, config.gpu, tp, config.gpu_memory_utilization)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
+    if plan.kv_capacity_tokens < config.model.max_context:
+        raise BackendError(
+            f"{config.model.name} on {tp}x {config.gpu.key} leaves KV-cache room for {plan.kv_capacity_tokens} "
+            f"tokens, less than one {config.model.max_context}-token sequence; use more GPUs or a larger GPU"
+        )
+    return config
+
+
+def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="7b", help="catalog model name or alias (default: 7b)")
+    parser.add_argument("--gpu", default="h100", help="catalog GPU name or alias (default: h100)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs = tensor-parallel degree (default: 1)")
+    parser.add_argument("--served-model-name", default=None, help="model id the API reports (default: catalog name)")
+    parser.add_argument("--max-num-seqs", type=int, default=256, help="max sequences per iteration (default: 256)")
+    parser.add_argument("--max-batched-tokens", type=int, default=8192,
+                        help="token budget per iteration, prefill chunks included (default: 8192)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                        help="fraction of GPU memory for weights + KV cache (default: 0.9)")
+
+
+def serve(config: SimConfig, host: str, port: int) -> None:
+    """Run the sim server in the foreground until SIGINT/SIGTERM; prints one readiness line."""
+    server = SimServer(config)
+
+    async def main() -> None:
+        runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+        print(f"dissect sim (SIMULATED {config.model.name} on {config.tp}x {config.gpu.key}) "
+              f"listening on http://{host}:{bound}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backends.sim", description="Run the simulated engine server.")
+    add_sim_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    try:
+        config = build_config(
+            args.model, args.gpu, args.gpus, served_model_name=args.served_model_name,
+            max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+        )
+        serve(config, args.host, args.port)
+    except (BackendError, CatalogError) as exc:
+        print(f"sim: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sim: error: cannot listen on {args.host}:{args.port}: {exc.strerror}; choose another --port",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
