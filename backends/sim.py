@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -430,12 +431,33 @@ def serve(config: SimConfig, host: str, port: int) -> None:
     asyncio.run(main())
 
 
+def _exit_when_orphaned() -> None:
+    """Launched by loadgen: if loadgen dies without stopping us (SIGKILL), do not linger."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def launch_argv(model: str, gpu: str, gpus: int, host: str, port: int, extra: list[str] | None = None) -> list[str]:
+    """How loadgen starts the sim: a separate process, so its work never competes with the client's event loop."""
+    return [sys.executable, "-m", "backends.sim", "--model", model, "--gpu", gpu, "--gpus", str(gpus),
+            "--host", host, "--port", str(port), "--exit-with-parent", *(extra or [])]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backends.sim", description="Run the simulated engine server.")
     add_sim_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        _exit_when_orphaned()
     try:
         config = build_config(
             args.model, args.gpu, args.gpus, served_model_name=args.served_model_name,

@@ -1,0 +1,1 @@
+"""dissect loadgen: the serving load tester."""

@@ -1,0 +1,113 @@
+"""Send one request and time it: the only place a request leaves the load generator.
+
+Stamps come from time.perf_counter_ns(): sent just before the request is written, each token-bearing
+chunk as its line is read, finished when the stream ends. Per-chunk work is one parser call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from backends.openai_protocol import OpenAIProtocol
+from loadgen.records import CANCELLED, OK, TIMEOUT, RequestRecord
+from loadgen.workload import RequestSpec
+
+ERROR_TEXT_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Target:
+    base_url: str
+    model: str
+    protocol: OpenAIProtocol
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold the API key: never serialised
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + self.protocol.path
+
+
+def make_session(connection_limit: int) -> aiohttp.ClientSession:
+    """One session for the whole run. limit=0 (unlimited) for open loops: the client must never queue."""
+    connector = aiohttp.TCPConnector(limit=connection_limit, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+        read_bufsize=2**20,
+    )
+
+
+async def send_request(
+    session: aiohttp.ClientSession,
+    target: Target,
+    spec: RequestSpec,
+    origin_ns: int,
+    phase: str,
+    scheduled_s: float | None,
+    timeout_s: float | None,
+) -> RequestRecord:
+    parser = target.protocol.parser()
+    payload = target.protocol.payload(target.model, spec.prompt, spec.output_tokens)
+    chunk_ns: list[int] = []
+    chunk_tokens: list[int] = []
+    status, http_status, error = OK, None, None
+    clock = time.perf_counter_ns
+    sent_ns = clock()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with session.post(target.url, json=payload, headers=target.headers) as resp:
+                http_status = resp.status
+                if resp.status != 200:
+                    body = (await resp.text(errors="replace"))[:ERROR_TEXT_LIMIT]
+                    status, error = "error:http", f"HTTP {resp.status}: {body.strip()}"
+                else:
+                    async for line in resp.content:
+                        k = parser.feed(line)
+                        if k:
+                            chunk_ns.append(clock())
+                            chunk_tokens.append(k)
+                        elif parser.done:
+                            break
+                    if parser.error:
+                        status, error = "error:stream", parser.error
+                    elif not parser.done:
+                        status, error = "error:stream", "stream ended before [DONE]"
+                    elif not chunk_ns:
+                        status, error = "error:empty", "stream finished without any tokens"
+    except TimeoutError:
+        status, error = TIMEOUT, f"no complete response within {timeout_s:g} s"
+    except asyncio.CancelledError:
+        status, error = CANCELLED, "cancelled before the response completed"
+    except aiohttp.ClientResponseError as exc:
+        status, error = "error:http", str(exc)
+    except (aiohttp.ClientError, OSError) as exc:
+        status, error = "error:connection", f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
+    finished_ns = clock()
+
+    usage = parser.usage or {}
+    out_usage, in_usage = usage.get("completion_tokens"), usage.get("prompt_tokens")
+    to_s = 1e-9
+    return RequestRecord(
+        index=spec.index,
+        phase=phase,
+        status=status,
+        sent_s=(sent_ns - origin_ns) * to_s,
+        finished_s=(finished_ns - origin_ns) * to_s,
+        scheduled_s=scheduled_s,
+        first_token_s=(chunk_ns[0] - origin_ns) * to_s if chunk_ns else None,
+        target_input_tokens=spec.input_tokens,
+        target_output_tokens=spec.output_tokens,
+        input_tokens=in_usage if isinstance(in_usage, int) else spec.input_tokens,
+        input_tokens_source="usage" if isinstance(in_usage, int) else "target",
+        output_tokens=out_usage if isinstance(out_usage, int) else sum(chunk_tokens),
+        output_tokens_source="usage" if isinstance(out_usage, int) else "chunks",
+        token_times_ms=[round((t - sent_ns) * 1e-6, 4) for t in chunk_ns],
+        chunk_tokens=chunk_tokens if any(k != 1 for k in chunk_tokens) else None,
+        http_status=http_status,
+        error=error,
+        response_id=parser.response_id,
+    )

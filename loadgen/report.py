@@ -1,0 +1,56 @@
+"""The console report: one table of latency percentiles, then throughput, goodput and accounting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tabulate import tabulate
+
+COLUMNS = ("mean", "p50", "p90", "p95", "p99", "max")
+METRICS = (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2EL", "e2el_ms"))
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def format_summary(summary: dict, run_dir: Path | None = None) -> str:
+    lines: list[str] = []
+    if summary.get("simulated"):
+        lines.append("SIMULATED: timings come from dissect's engine model, not from a real GPU.")
+    rows = []
+    for label, key in METRICS:
+        d = summary[key]
+        rows.append([f"{label} (ms)", d["count"], *(_fmt(d[c]) for c in COLUMNS)])
+    lines.append(tabulate(rows, headers=["metric", "n", *COLUMNS], tablefmt="simple", disable_numparse=True))
+    t, req = summary["throughput"], summary["requests"]
+    lines.append("")
+    lines.append(
+        f"requests: {req['completed']} completed, {req['failed']} failed, {req['timed_out']} timed out, "
+        f"{req['cancelled']} cancelled" + (f" (+{req['warmup']} warm-up)" if req.get("warmup") else "")
+    )
+    for kind, n in req["errors_by_kind"].items():
+        lines.append(f"  {kind}: {n} ({n / req['total']:.1%})")
+    lines.append(
+        f"throughput over {summary['window_s']:.2f} s: {_fmt(t['requests_per_s'])} req/s, "
+        f"{_fmt(t['output_tokens_per_s'], 1)} output tok/s, {_fmt(t['total_tokens_per_s'], 1)} total tok/s"
+    )
+    if summary.get("goodput"):
+        g = summary["goodput"]
+        slo = ", ".join(f"{k}<={v:g}ms" for k, v in g["slo_ms"].items())
+        frac = "-" if g["fraction"] is None else f"{g['fraction']:.1%}"
+        lines.append(f"goodput ({slo}): {_fmt(g['requests_per_s'])} req/s, {frac} of requests met the SLO")
+    if summary.get("lateness_ms"):
+        late = summary["lateness_ms"]
+        lines.append(f"send lateness: p50 {late['p50']:.3f} ms, p99 {late['p99']:.3f} ms, max {late['max']:.3f} ms")
+    if summary.get("client_timing_error"):
+        e = summary["client_timing_error"]["ttft_error_ms"]
+        if e["count"]:
+            lines.append(
+                f"client TTFT error vs server ground truth: p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms"
+            )
+    for w in summary.get("warnings", []):
+        lines.append(f"WARNING: {w}")
+    if run_dir is not None:
+        lines.append(f"results: {run_dir}")
+    return "\n".join(lines)

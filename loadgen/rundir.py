@@ -1,0 +1,96 @@
+"""The run directory: run.json (everything needed to reproduce and explain the run), then the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from loadgen.errors import LoadgenError
+
+TOOL_VERSION = "0.1.0"
+SECRET_FLAGS = ("--api-key",)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
+
+
+def create_run_dir(output: str | None, backend: str, model: str) -> Path:
+    if output:
+        path = Path(output)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("results") / f"{stamp}-{slug(backend)}-{slug(Path(model).name)}"
+    if (path / "requests.jsonl").exists():
+        raise LoadgenError(f"--output {path} already holds a run; choose another directory or remove it")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise LoadgenError(f"cannot write to output directory {path}: {exc.strerror}; choose another --output") from None
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg in SECRET_FLAGS:
+            out.append(arg)
+            hide = True
+        elif any(arg.startswith(f + "=") for f in SECRET_FLAGS):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
+
+
+def git_sha() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict:
+    return {
+        "tool": "dissect loadgen",
+        "tool_version": TOOL_VERSION,
+        "git_sha": git_sha(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "command": redact_argv(sys.argv),
+    }
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def monotonic_to_wall(ns: int) -> float:
+    """Convert a perf_counter_ns stamp to a Unix time, for humans reading run.json."""
+    return time.time() - (time.perf_counter_ns() - ns) / 1e9
