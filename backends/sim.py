@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import logging
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
 
+from backends import eventloop
 from backends.errors import BackendError
 from backends.roofline import EngineCostParams, iteration_cost, memory_plan
 from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
@@ -421,6 +423,8 @@ def serve(config: SimConfig, host: str, port: int) -> None:
         bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
         print(f"dissect sim (SIMULATED {config.model.name} on {config.tp}x {config.gpu.key}) "
               f"listening on http://{host}:{bound}", flush=True)
+        gc.collect()
+        gc.freeze()  # long-lived server state is never rescanned: no multi-ms collections mid-stream
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -428,7 +432,7 @@ def serve(config: SimConfig, host: str, port: int) -> None:
         await stop.wait()
         await runner.cleanup()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 def _exit_when_orphaned() -> None:

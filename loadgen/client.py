@@ -7,10 +7,13 @@ chunk as its line is read, finished when the stream ends. Per-chunk work is one 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import aiohttp
+from yarl import URL
 
 from backends.openai_protocol import OpenAIProtocol
 from loadgen.records import CANCELLED, OK, TIMEOUT, RequestRecord
@@ -30,15 +33,52 @@ class Target:
     def url(self) -> str:
         return self.base_url.rstrip("/") + self.protocol.path
 
+    @cached_property
+    def parsed_url(self) -> URL:
+        return URL(self.url)
+
+    @cached_property
+    def request_headers(self) -> dict[str, str]:
+        return {**self.headers, "Content-Type": "application/json"}
+
+
+async def _stamp_body_sent(session, trace_ctx, params) -> None:
+    trace_ctx.trace_request_ctx[0] = time.perf_counter_ns()
+
 
 def make_session(connection_limit: int) -> aiohttp.ClientSession:
-    """One session for the whole run. limit=0 (unlimited) for open loops: the client must never queue."""
+    """One session for the whole run. limit=0 (unlimited) for open loops: the client must never queue.
+
+    `sent` is stamped when the request body is handed to the socket (aiohttp's chunk-sent trace), not
+    when the coroutine asks to send: on Python < 3.12 aiohttp writes the body from a task that waits
+    behind every other stream's callbacks, and that wait is the client's delay, which belongs in
+    lateness (sent - scheduled), not in the server's TTFT.
+    """
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(_stamp_body_sent)
     connector = aiohttp.TCPConnector(limit=connection_limit, limit_per_host=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
         read_bufsize=2**20,
+        trace_configs=[trace],
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+async def open_connections(session: aiohttp.ClientSession, target: Target, count: int) -> None:
+    """Open `count` keep-alive connections before the clock starts, so the first wave of a run measures
+    the server rather than a burst of simultaneous TCP handshakes. Failures are left for the run to report."""
+    url = target.base_url.rstrip("/") + "/v1/models"
+
+    async def one() -> None:
+        try:
+            async with session.get(url, headers=target.headers) as resp:
+                await resp.read()
+        except (aiohttp.ClientError, OSError):
+            pass
+
+    await asyncio.gather(*(one() for _ in range(count)))
 
 
 async def send_request(
@@ -51,27 +91,36 @@ async def send_request(
     timeout_s: float | None,
 ) -> RequestRecord:
     parser = target.protocol.parser()
-    payload = target.protocol.payload(target.model, spec.prompt, spec.output_tokens)
+    body = json.dumps(target.protocol.payload(target.model, spec.prompt, spec.output_tokens)).encode()
     chunk_ns: list[int] = []
     chunk_tokens: list[int] = []
     status, http_status, error = OK, None, None
     clock = time.perf_counter_ns
-    sent_ns = clock()
+    body_sent = [0]  # filled by the session's trace when the body reaches the socket
+    requested_ns = clock()
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(target.url, json=payload, headers=target.headers) as resp:
+            async with session.post(target.parsed_url, data=body, headers=target.request_headers,
+                                    trace_request_ctx=body_sent) as resp:
                 http_status = resp.status
                 if resp.status != 200:
                     body = (await resp.text(errors="replace"))[:ERROR_TEXT_LIMIT]
                     status, error = "error:http", f"HTTP {resp.status}: {body.strip()}"
                 else:
-                    async for line in resp.content:
-                        k = parser.feed(line)
-                        if k:
-                            chunk_ns.append(clock())
-                            chunk_tokens.append(k)
-                        elif parser.done:
+                    # One wake-up per network read (not per SSE line); lines read together share a stamp.
+                    pending = b""
+                    async for data in resp.content.iter_any():
+                        now = clock()
+                        *lines, pending = (pending + data).split(b"\n")
+                        for line in lines:
+                            k = parser.feed(line)
+                            if k:
+                                chunk_ns.append(now)
+                                chunk_tokens.append(k)
+                        if parser.done:
                             break
+                    if pending and not parser.done:
+                        parser.feed(pending)
                     if parser.error:
                         status, error = "error:stream", parser.error
                     elif not parser.done:
@@ -87,6 +136,7 @@ async def send_request(
     except (aiohttp.ClientError, OSError) as exc:
         status, error = "error:connection", f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
     finished_ns = clock()
+    sent_ns = body_sent[0] or requested_ns  # never written (connection refused): when it was attempted
 
     usage = parser.usage or {}
     out_usage, in_usage = usage.get("completion_tokens"), usage.get("prompt_tokens")

@@ -1,0 +1,88 @@
+"""The simulated engine as a real HTTP server in its own process."""
+
+import asyncio
+import json
+import urllib.request
+
+import aiohttp
+import pytest
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+async def _stream(url, body):
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json=body) as resp:
+            return resp.status, [line async for line in resp.content if line.strip()]
+
+
+def test_completions_stream_and_usage(start_sim):
+    sim = start_sim("--model", "7b")
+    status, lines = asyncio.run(_stream(sim.url + "/v1/completions", {
+        "prompt": "one two three four five", "max_tokens": 6, "stream": True,
+        "stream_options": {"include_usage": True}}))
+    assert status == 200
+    assert lines[-1].strip() == b"data: [DONE]"
+    chunks = [json.loads(line[5:]) for line in lines[:-1]]
+    tokens = [c for c in chunks if c["choices"] and c["choices"][0]["text"]]
+    assert len(tokens) == 6 and tokens[-1]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+    truth = get_json(sim.url + "/sim/requests")["requests"]
+    assert truth[0]["status"] == "ok" and truth[0]["first_token_ns"] < truth[0]["finished_ns"]
+    info = get_json(sim.url + "/sim/info")
+    assert info["simulated"] is True and info["model"] == "llama-2-7b"
+
+
+def test_chat_stream_and_non_stream(start_sim):
+    sim = start_sim("--model", "tiny", "--gpu", "rtx3090")
+    status, lines = asyncio.run(_stream(sim.url + "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 3, "stream": True}))
+    assert status == 200
+    deltas = [json.loads(line[5:])["choices"][0]["delta"] for line in lines[:-1]]
+    assert deltas[0] == {"role": "assistant", "content": ""} and sum(1 for d in deltas if d.get("content")) == 3
+    req = urllib.request.Request(sim.url + "/v1/completions", data=json.dumps({"prompt": [1, 2, 3], "max_tokens": 4}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    body = json.loads(urllib.request.urlopen(req, timeout=10).read())
+    assert body["usage"]["completion_tokens"] == 4 and len(body["choices"][0]["text"].split()) == 4
+
+
+def test_rejects_over_context_and_bad_bodies(start_sim):
+    sim = start_sim("--model", "tiny")
+    status, lines = asyncio.run(_stream(sim.url + "/v1/completions", {"prompt": "a " * 2000, "max_tokens": 100}))
+    assert status == 400 and b"maximum context length" in b"".join(lines)
+    status, _ = asyncio.run(_stream(sim.url + "/v1/completions", {"prompt": {"x": 1}}))
+    assert status == 400
+
+
+def test_prometheus_metrics(start_sim):
+    sim = start_sim()
+    text = urllib.request.urlopen(sim.url + "/metrics", timeout=10).read().decode()
+    assert 'vllm:num_requests_running{model_name="llama-2-7b"} 0' in text
+    assert "vllm:kv_cache_usage_perc" in text
+
+
+@pytest.mark.slow
+def test_kv_bound_load_queues_on_the_server(start_sim):
+    """7B on a 24 GB card holds ~14k tokens of KV; 24 requests of 1500 + 200 tokens must wait their turn."""
+    sim = start_sim("--model", "7b", "--gpu", "rtx4090")
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async def one():
+                async with s.post(sim.url + "/v1/completions",
+                                  json={"prompt": "w " * 1500, "max_tokens": 200, "stream": True}) as r:
+                    async for _ in r.content:
+                        pass
+            await asyncio.gather(*(one() for _ in range(24)))
+
+    asyncio.run(go())
+    info = get_json(sim.url + "/sim/info")
+    assert info["kv_capacity_tokens"] < 24 * 1700
+    truth = get_json(sim.url + "/sim/requests")["requests"]
+    assert all(t["status"] == "ok" and t["completion_tokens"] == 200 for t in truth)
+    ttft = sorted((t["first_token_ns"] - t["received_ns"]) / 1e6 for t in truth)
+    # the first wave starts within a few prefill steps; the last waits for earlier requests to finish
+    assert ttft[-1] > 5 * ttft[0]
