@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import aiohttp
 
+from backends import eventloop
 from backends import sim as sim_backend
 from backends.errors import BackendError
 from backends.openai_protocol import ENDPOINT_PATHS, OpenAIProtocol
@@ -205,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             pass
     tokenizer = HFTokenizer(args.tokenizer) if args.tokenizer else None
     run_dir = create_run_dir(args.output, backend, model_name or "server")
-    return asyncio.run(_run(args, plan, slo, input_len, output_len, backend, sim_config, model_name,
+    return eventloop.run(_run(args, plan, slo, input_len, output_len, backend, sim_config, model_name,
                             max_context, tokenizer, headers, run_dir))
 
 

@@ -1,0 +1,199 @@
+"""`loadgen` as a user runs it: a real subprocess, a real sim process, real files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_loadgen
+
+SUMMARY_KEYS = {"requests", "throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "lateness_ms", "simulated"}
+DIST_KEYS = {"mean", "std", "min", "p50", "p90", "p95", "p99", "p999", "max"}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _sim_processes(run_dir: Path) -> list[int]:
+    """PIDs of sim processes launched for this run directory's server log (none should survive)."""
+    out = subprocess.run(["pgrep", "-f", "backends.sim"], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out if int(p) != os.getpid()]
+
+
+@pytest.mark.slow
+def test_run_with_defaults(tmp_path):
+    """Exactly the README's quick start: `loadgen run`, no flags (the default run directory is relative to cwd)."""
+    before = set(_sim_processes(tmp_path))
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "loadgen", "run"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    print(f"`loadgen run` with defaults took {took:.1f} s")
+    run_dirs = list((tmp_path / "results").iterdir())
+    assert len(run_dirs) == 1 and "sim" in run_dirs[0].name
+    run_dir = run_dirs[0]
+    records = _read_jsonl(run_dir / "requests.jsonl")
+    assert len(records) == 100 and len({r["index"] for r in records}) == 100
+    assert all(r["status"] == "ok" and r["output_tokens"] == 128 for r in records)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["simulated"] is True
+    assert set(summary["requests"]) >= {"completed", "failed", "timed_out"}
+    assert set(summary["throughput"]) == {"requests_per_s", "output_tokens_per_s", "total_tokens_per_s"}
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
+        assert DIST_KEYS <= set(summary[key]) and summary[key]["p50"] > 0
+    assert set(summary["lateness_ms"]) == {"p50", "p99", "max"}
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "finished" and run["backend"]["simulated"] is True
+    assert run["backend"]["launch_command"][1:3] == ["-m", "backends.sim"]
+    assert "SIMULATED" in proc.stdout and "TTFT (ms)" in proc.stdout and str(run_dir.name) in proc.stdout
+    assert set(_sim_processes(tmp_path)) <= before  # the launched engine is gone
+
+
+def test_run_flags_json_slo_closed_loop(tmp_path):
+    out = tmp_path / "run"
+    proc = run_loadgen("run", "--backend", "sim", "--model", "70b", "--gpus", "8", "--gpu", "h100",
+                       "--concurrency", "8", "--num-requests", "24", "--warmup", "4", "--input-len", "uniform:100,300",
+                       "--output-len", "normal:40,10", "--slo", "ttft:10s,tpot:1s", "--endpoint", "chat",
+                       "--output", str(out), "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["requests"]["completed"] == 24 and summary["requests"]["warmup"] == 4
+    assert summary["goodput"]["fraction"] == 1.0 and summary["lateness_ms"] is None
+    records = _read_jsonl(out / "requests.jsonl")
+    assert [r["phase"] for r in records].count("warmup") == 4 and len(records) == 28
+    assert all(r["output_tokens"] == r["target_output_tokens"] for r in records)
+    run = json.loads((out / "run.json").read_text())
+    assert run["load"]["mode"] == "closed" and run["gpus"] == 8 and run["model"] == "llama-2-70b"
+
+
+def test_url_target_and_api_key_never_written(tmp_path, start_sim):
+    sim = start_sim("--model", "tiny", "--gpu", "rtx3090", "--served-model-name", "my-model")
+    out = tmp_path / "run"
+    proc = run_loadgen("run", "--url", sim.url, "--qps", "50", "--num-requests", "20", "--input-len", "64",
+                       "--output-len", "8", "--output", str(out), "--api-key", "sk-secret-123", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == "my-model"  # taken from /v1/models
+    assert run["backend"]["simulated"] is False  # attached by URL: loadgen cannot vouch for what the server is
+    for f in out.iterdir():
+        assert "sk-secret-123" not in f.read_text()
+    assert len(_read_jsonl(out / "requests.jsonl")) == 20
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--input-len", "gauss:1,2"], "unknown distribution"),
+        (["--model", "gpt-9"], "unknown model 'gpt-9'"),
+        (["--gpu", "tpu-v5"], "unknown GPU 'tpu-v5'"),
+        (["--qps", "-3"], "must be > 0"),
+        (["--qps", "0"], "must be > 0"),
+        (["--url", "http://127.0.0.1:9"], "cannot reach http://127.0.0.1:9"),
+        (["--url", "localhost:8000"], "needs a scheme"),
+        (["--slo", "latency:5s"], "bad SLO"),
+        (["--slo", "ttft:soon"], "bad SLO limit"),
+        (["--qps", "2", "--concurrency", "4"], "exclude each other"),
+        (["--model", "70b", "--gpus", "1"], "use more GPUs"),
+        (["--timeout=-1s"], "bad duration"),
+        (["--timeout", "0s"], "positive duration"),
+        (["--burstiness", "0.5"], "--arrival gamma"),
+        (["--tokenizer", "/nonexistent/tok"], "no such file"),
+        (["--num-requests", "many"], "not a valid integer"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, args, needle):
+    proc = run_loadgen("run", "--output", str(tmp_path / "r"), "--num-requests", "2", *args, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_output_directory_errors(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_loadgen("run", "--output", str(blocker / "sub"), "--num-requests", "1")
+    assert proc.returncode == 2 and "choose another --output" in proc.stderr
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "requests.jsonl").write_text("")
+    proc = run_loadgen("run", "--output", str(done), "--num-requests", "1")
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+
+
+def test_ctrl_c_keeps_measurements_and_stops_the_engine(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "loadgen", "run", "--qps", "20", "--num-requests", "2000",
+                             "--output-len", "64", "--output", str(out), "--quiet"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (out / "requests.jsonl").exists() and len((out / "requests.jsonl").read_text().splitlines()) >= 10:
+            break
+        time.sleep(0.2)
+    run = json.loads((out / "run.json").read_text())
+    sim_pid = None
+    for pid in _sim_processes(out):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if run["backend"]["url"].rsplit(":", 1)[1].encode() in cmd:
+            sim_pid = pid
+    assert sim_pid is not None
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    records = _read_jsonl(out / "requests.jsonl")
+    statuses = {r["status"] for r in records}
+    assert statuses <= {"ok", "cancelled"} and "ok" in statuses
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert summary["requests"]["total"] == len(records)
+    assert summary["requests"]["completed"] + summary["requests"]["cancelled"] == len(records)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    time.sleep(0.5)
+    assert not Path(f"/proc/{sim_pid}").exists()
+
+
+def test_help_documents_units_and_every_command():
+    out = run_loadgen("run", "--help").stdout
+    for flag in ("--qps", "--concurrency", "--duration", "--warmup", "--slo", "--timeout", "--input-len",
+                 "--output-len", "--tokenizer", "--endpoint", "--api-key", "--gpus", "--json", "--output"):
+        assert flag in out
+    assert "requests per second" in out and "e.g. 30s" in out
+    top = run_loadgen("--help").stdout
+    assert "run" in top and "serve-sim" in top and "catalog" in top
+    assert "llama-2-70b" in run_loadgen("catalog").stdout
+
+
+def test_serve_sim_standalone(tmp_path):
+    from backends.process import find_free_port
+    from conftest import wait_http
+
+    port = find_free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "loadgen", "serve-sim", "--model", "13b", "--gpu", "a100",
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        r = run_loadgen("run", "--url", f"http://127.0.0.1:{port}", "--num-requests", "5", "--qps", "20",
+                        "--output-len", "4", "--output", str(tmp_path / "r"), "--quiet")
+        assert r.returncode == 0, r.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+    assert "SIMULATED llama-2-13b" in proc.stdout.read()
+    busy = subprocess.Popen([sys.executable, "-m", "loadgen", "serve-sim", "--port", str(port)], cwd=ROOT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        clash = run_loadgen("serve-sim", "--port", str(port), timeout=30)
+        assert clash.returncode == 2 and "choose another --port" in clash.stderr
+    finally:
+        busy.terminate()
+        busy.wait(timeout=10)
