@@ -41,16 +41,17 @@ class OpenAIProtocol:
             body["prompt"] = prompt
         return body
 
-    def parser(self) -> "OpenAIStreamParser":
-        return OpenAIStreamParser()
+    def parser(self, collect_text: bool = False) -> "OpenAIStreamParser":
+        return OpenAIStreamParser(collect_text)
 
 
 class OpenAIStreamParser:
     """Feed it SSE lines; it says how many tokens each carried and keeps usage, id and errors."""
 
-    __slots__ = ("done", "usage", "response_id", "error", "finish_reason", "_usage_tokens")
+    __slots__ = ("done", "usage", "response_id", "error", "finish_reason", "_usage_tokens", "text")
 
-    def __init__(self) -> None:
+    def __init__(self, collect_text: bool = False) -> None:
+        self.text: list[str] | None = [] if collect_text else None  # kept only to count tokens without usage
         self.done = False
         self.usage: dict[str, int] | None = None
         self.response_id: str | None = None
@@ -89,6 +90,8 @@ class OpenAIStreamParser:
                 text = (choice.get("delta") or {}).get("content")
             if text:
                 carried = 1
+                if self.text is not None:
+                    self.text.append(text)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         if usage:

@@ -243,7 +243,7 @@ async def _run(args, plan, slo, input_len, output_len, backend, sim_config, mode
 
         workload = Workload(input_len, output_len, max_context, PromptSynthesizer(tokenizer), args.seed)
         protocol = OpenAIProtocol(args.endpoint, args.ignore_eos)
-        target = Target(url, model_name, protocol, headers)
+        target = Target(url, model_name, protocol, headers, tokenizer.count if tokenizer else None)
         simulated = sim_config is not None
         backend_info: dict = {"name": backend, "url": url, "simulated": simulated}
         if server is not None:

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 
 import aiohttp
 from yarl import URL
@@ -28,6 +29,8 @@ class Target:
     model: str
     protocol: OpenAIProtocol
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold the API key: never serialised
+    # Counts output tokens from the streamed text when the server reports no usage (--tokenizer given).
+    count_tokens: Callable[[str], int] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -90,7 +93,7 @@ async def send_request(
     scheduled_s: float | None,
     timeout_s: float | None,
 ) -> RequestRecord:
-    parser = target.protocol.parser()
+    parser = target.protocol.parser(collect_text=target.count_tokens is not None)
     body = json.dumps(target.protocol.payload(target.model, spec.prompt, spec.output_tokens)).encode()
     chunk_ns: list[int] = []
     chunk_tokens: list[int] = []
@@ -140,6 +143,12 @@ async def send_request(
 
     usage = parser.usage or {}
     out_usage, in_usage = usage.get("completion_tokens"), usage.get("prompt_tokens")
+    out_source = "usage"
+    if not isinstance(out_usage, int):
+        if target.count_tokens is not None and parser.text:
+            out_usage, out_source = target.count_tokens("".join(parser.text)), "tokenizer"
+        else:
+            out_usage, out_source = sum(chunk_tokens), "chunks"
     to_s = 1e-9
     return RequestRecord(
         index=spec.index,
@@ -153,8 +162,8 @@ async def send_request(
         target_output_tokens=spec.output_tokens,
         input_tokens=in_usage if isinstance(in_usage, int) else spec.input_tokens,
         input_tokens_source="usage" if isinstance(in_usage, int) else "target",
-        output_tokens=out_usage if isinstance(out_usage, int) else sum(chunk_tokens),
-        output_tokens_source="usage" if isinstance(out_usage, int) else "chunks",
+        output_tokens=out_usage,
+        output_tokens_source=out_source,
         token_times_ms=[round((t - sent_ns) * 1e-6, 4) for t in chunk_ns],
         chunk_tokens=chunk_tokens if any(k != 1 for k in chunk_tokens) else None,
         http_status=http_status,

@@ -31,7 +31,7 @@ class RequestRecord:
     input_tokens: int = 0
     input_tokens_source: str = "target"  # "usage" or "target"
     output_tokens: int = 0
-    output_tokens_source: str = "chunks"  # "usage" or "chunks"
+    output_tokens_source: str = "chunks"  # "usage", "tokenizer" or "chunks"
     token_times_ms: list[float] = field(default_factory=list)
     chunk_tokens: list[int] | None = None
     http_status: int | None = None
