@@ -3,126 +3,42 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
-
-import aiohttp
 
 from backends import eventloop
 from backends import sim as sim_backend
 from backends.errors import BackendError
-from backends.openai_protocol import ENDPOINT_PATHS, OpenAIProtocol
-from backends.process import ServerProcess, find_free_port
-from loadgen.accuracy import timing_error
-from loadgen.arrivals import ARRIVAL_KINDS, ArrivalProcess
-from loadgen.client import Target
-from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
-from loadgen.metrics import summarize
-from loadgen.prompts import HFTokenizer, PromptSynthesizer
-from loadgen.records import RecordWriter
+from loadgen.execute import run_point
+from loadgen.launch import backend_name, open_endpoint, sim_config
+from loadgen.options import (
+    add_run_arguments,
+    build_workload,
+    check_workload_options,
+    load_plan,
+    nonneg_int,
+    positive_float,
+    resolve,
+)
+from loadgen.prompts import HFTokenizer
 from loadgen.report import format_summary
-from loadgen.rundir import create_run_dir, environment, utc_now, write_json
-from loadgen.runner import LoadPlan, run_load
+from loadgen.rundir import create_run_dir, slug, write_json
 from loadgen.slo import parse_slo
-from loadgen.units import parse_duration
-from loadgen.workload import Workload
-from scenarios.catalog import CatalogError, get_gpu, get_model, list_gpus, list_models
+from loadgen.sweep import find_max_rate, meets, sweep_table
+from scenarios.catalog import CatalogError, list_gpus, list_models
+from scenarios.scenario import list_scenarios, load_scenario
 
-DEFAULT_QPS = 10.0
-DEFAULT_NUM_REQUESTS = 100
 USER_ERRORS = (LoadgenError, CatalogError, BackendError)
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _number(kind: type, low: float, inclusive: bool, what: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {what}") from None
-        if value < low or (not inclusive and value == low) or value != value:
-            bound = f">= {low:g}" if inclusive else f"> {low:g}"
-            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
-        return value
-
-    return parse
-
-
-positive_float = _number(float, 0, False, "number")
-positive_int = _number(int, 0, False, "integer")
-nonneg_int = _number(int, 0, True, "integer")
-
-
-def _duration(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except LoadgenError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration")
-    return value
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    t = p.add_argument_group("target")
-    t.add_argument("--backend", default=None, choices=["sim", "openai"],
-                   help="sim: start the embedded simulated engine (default without --url); "
-                        "openai: any OpenAI-compatible server at --url")
-    t.add_argument("--url", help="base URL of a running server, e.g. http://127.0.0.1:8000 (launches nothing)")
-    t.add_argument("--model", default=None,
-                   help="catalog model (7b, 13b, 70b, 8b, llama-3-70b, tiny) for the sim; with --url, the model "
-                        "id to request (default: the first the server lists)")
-    t.add_argument("--gpu", default="h100", help="sim only: catalog GPU (a800, a100-80g, h100, h200, rtx4090, rtx3090)")
-    t.add_argument("--gpus", type=positive_int, default=1, help="sim only: GPUs, used as tensor parallelism (default 1)")
-    t.add_argument("--endpoint", choices=sorted(ENDPOINT_PATHS), default="completions",
-                   help="OpenAI API: completions (/v1/completions) or chat (/v1/chat/completions)")
-    t.add_argument("--api-key", default=None,
-                   help="bearer token for the server (default: $OPENAI_API_KEY); never written to disk")
-    t.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
-                   help="let the server stop at EOS instead of forcing exactly --output-len tokens")
-    t.add_argument("--startup-timeout", type=_duration, default=120.0,
-                   help="sim only: seconds to wait for the engine to be ready (default 120s)")
-
-    w = p.add_argument_group("workload")
-    w.add_argument("--input-len", default="512",
-                   help="prompt tokens: N, fixed:N, uniform:MIN,MAX, normal:MEAN,STD, lognormal:MEAN,SIGMA (default 512)")
-    w.add_argument("--output-len", default="128", help="output tokens, same forms as --input-len (default 128)")
-    w.add_argument("--max-context", type=positive_int, default=None,
-                   help="clip input+output to this many tokens (default: the model's context length)")
-    w.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json or a tokenizer directory for exact prompt lengths "
-                        "(default: one common word per token, an approximation)")
-    w.add_argument("--seed", type=int, default=0, help="seed for lengths, prompts and arrivals (default 0)")
-
-    a = p.add_argument_group("load")
-    a.add_argument("--qps", type=positive_float, default=None,
-                   help=f"open loop: requests per second (default {DEFAULT_QPS:g} when --concurrency is not given)")
-    a.add_argument("--arrival", choices=ARRIVAL_KINDS, default="poisson",
-                   help="open-loop inter-arrival process (default poisson)")
-    a.add_argument("--burstiness", type=positive_float, default=1.0,
-                   help="gamma shape: 1 = Poisson, <1 burstier, >1 smoother (CV = 1/sqrt(burstiness))")
-    a.add_argument("--concurrency", type=positive_int, default=None, help="closed loop: N users, each sends when its last finished")
-    a.add_argument("--num-requests", type=positive_int, default=None,
-                   help=f"measured requests (default {DEFAULT_NUM_REQUESTS} unless --duration is given)")
-    a.add_argument("--duration", type=_duration, default=None, help="stop sending after this long, e.g. 60s or 5m")
-    a.add_argument("--warmup", type=nonneg_int, default=0, help="requests sent first and excluded from the metrics (default 0)")
-    a.add_argument("--timeout", type=_duration, default=600.0, help="per-request limit, e.g. 30s (default 600s)")
-    a.add_argument("--slo", default=None, help="goodput objectives, e.g. ttft:500ms,tpot:50ms,e2el:10s")
-
-    o = p.add_argument_group("output")
-    o.add_argument("--output", default=None, help="run directory (default results/<time>-<backend>-<model>)")
-    o.add_argument("--json", action="store_true", help="print summary.json to stdout (the table goes to stderr)")
-    o.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 
 
 def build_parser() -> Parser:
@@ -133,227 +49,187 @@ def build_parser() -> Parser:
                          description="Run a load test and write a run directory with run.json, requests.jsonl, summary.json.")
     add_run_arguments(run)
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run load points one after another against one server",
+                           description="Sweep --qps or --concurrency points (each its own run directory) against one "
+                                       "server launched once, or find the highest QPS meeting an SLO (--until-slo).")
+    add_run_arguments(sweep, sweep=True)
+    s = sweep.add_argument_group("search")
+    s.add_argument("--until-slo", help="find the highest QPS meeting this SLO, e.g. ttft:1s or ttft:1s,tpot:100ms")
+    s.add_argument("--slo-fraction", type=positive_float, default=0.9,
+                   help="a point meets the SLO when this fraction of requests meet it (default 0.9)")
+    s.add_argument("--start-qps", type=positive_float, default=1.0, help="first QPS the search tries (default 1)")
+    s.add_argument("--max-qps", type=positive_float, default=1024.0, help="highest QPS the search tries (default 1024)")
+    s.add_argument("--precision", type=positive_float, default=0.05,
+                   help="stop when the bracket is narrower than this, relative (default 0.05)")
+    sweep.set_defaults(func=cmd_sweep)
+
+    scen = sub.add_parser("scenarios", help="list the scenario files, or show one",
+                          description="List the shipped scenarios with descriptions, or print one (`show NAME`).")
+    scen.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    scen.add_argument("name", nargs="?", help="scenario name or file, for show")
+    scen.set_defaults(func=cmd_scenarios)
+
     serve = sub.add_parser("serve-sim", help="run the simulated engine as a standalone OpenAI-compatible server",
                            description="Serve the simulated engine (SIMULATED timings) until Ctrl-C.")
     sim_backend.add_sim_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=nonneg_int, default=8000, help="port (default 8000; 0 = any free port)")
     serve.set_defaults(func=cmd_serve_sim)
+
     cat = sub.add_parser("catalog", help="list the catalog's models and GPUs")
     cat.set_defaults(func=cmd_catalog)
     return parser
 
 
-# -- run ------------------------------------------------------------------------------------------
-def _load_plan(args: argparse.Namespace) -> LoadPlan:
-    if args.qps is not None and args.concurrency is not None:
-        raise LoadgenError("--qps (open loop) and --concurrency (closed loop) exclude each other; give one")
-    if args.burstiness != 1.0 and args.arrival != "gamma":
-        raise LoadgenError("--burstiness applies to --arrival gamma only; add --arrival gamma or drop it")
-    num = args.num_requests
-    if num is None and args.duration is None:
-        num = DEFAULT_NUM_REQUESTS
-    arrival = None
-    if args.concurrency is None:
-        arrival = ArrivalProcess(args.arrival, args.qps if args.qps is not None else DEFAULT_QPS, args.burstiness)
-    return LoadPlan(arrival=arrival, concurrency=args.concurrency, num_requests=num, duration_s=args.duration,
-                    warmup=args.warmup, timeout_s=args.timeout, seed=args.seed)
-
-
-def _check_url(url: str) -> str:
-    if not (url.startswith("http://") or url.startswith("https://")):
-        raise LoadgenError(f"--url {url!r} needs a scheme: write http://{url} (or https://)")
-    return url.rstrip("/")
-
-
-async def _probe_server(url: str, headers: dict[str, str]) -> dict | None:
-    """GET /v1/models: proves the server is reachable and tells the model id and context when it can."""
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-            async with s.get(url + "/v1/models", headers=headers) as resp:
-                if resp.status == 200:
-                    return await resp.json(content_type=None)
-                return None
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-        raise LoadgenError(f"cannot reach {url}: {exc.__class__.__name__}: {exc}; check --url and that the server is up") from None
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    plan = _load_plan(args)
-    slo = parse_slo(args.slo) if args.slo else None
-    input_len = LengthDistribution.parse(args.input_len, "--input-len")
-    output_len = LengthDistribution.parse(args.output_len, "--output-len")
-    if args.url and args.backend == "sim":
-        raise LoadgenError("--backend sim starts its own server; drop --url, or use --backend openai with --url")
-    backend = "openai" if args.url else (args.backend or "sim")
-    if backend == "openai" and not args.url:
-        raise LoadgenError("--backend openai needs --url of a running server, e.g. --url http://127.0.0.1:8000")
-    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+# -- shared preparation -----------------------------------------------------------------------------
+def _prepare(args: argparse.Namespace):
+    """Resolve options and check every user input before anything is created or started."""
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    opts = resolve(args, scenario)
+    check_workload_options(opts)
+    backend = backend_name(opts)
+    config = sim_config(opts) if backend == "sim" else None
+    tokenizer = HFTokenizer(opts.tokenizer) if opts.tokenizer else None
+    api_key = opts.api_key or os.environ.get("OPENAI_API_KEY")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-    sim_config = None
-    if backend == "sim":
-        sim_config = sim_backend.build_config(args.model or "7b", args.gpu, args.gpus)
-        model_name = sim_config.model.name
-        max_context = sim_config.model.max_context
-    else:
-        url = _check_url(args.url)
-        model_name = args.model
-        max_context = None
-        try:
-            max_context = get_model(args.model).max_context if args.model else None
-        except CatalogError:
-            pass
-    tokenizer = HFTokenizer(args.tokenizer) if args.tokenizer else None
-    run_dir = create_run_dir(args.output, backend, model_name or "server")
-    return eventloop.run(_run(args, plan, slo, input_len, output_len, backend, sim_config, model_name,
-                            max_context, tokenizer, headers, run_dir))
+    model_label = config.model.name if config else (opts.model or "server")
+    return opts, backend, config, tokenizer, headers, model_label
 
 
-async def _run(args, plan, slo, input_len, output_len, backend, sim_config, model_name, max_context, tokenizer,
-               headers, run_dir: Path) -> int:
-    from tqdm import tqdm
-
-    run_info: dict = {"status": "starting", "started_at": utc_now(), "environment": environment()}
-    server: ServerProcess | None = None
-    writer: RecordWriter | None = None
-    progress = None
-    try:
-        if sim_config is not None:
-            port = find_free_port()
-            url = f"http://127.0.0.1:{port}"
-            argv = sim_backend.launch_argv(sim_config.model.name, sim_config.gpu.key, sim_config.tp, "127.0.0.1", port)
-            server = ServerProcess(argv, run_dir / "server.log", url + "/health",
-                                   startup_timeout=args.startup_timeout, name="simulated engine")
-            server.start()
-            await server.wait_ready()
-        else:
-            url = _check_url(args.url)
-        models = await _probe_server(url, headers)
-        listed = (models or {}).get("data") or []
-        if model_name is None:
-            if not listed:
-                raise LoadgenError(f"{url}/v1/models lists no model; pass --model with the id the server serves")
-            model_name = listed[0]["id"]
-        if max_context is None:
-            served = next((m for m in listed if m.get("id") == model_name), {})
-            max_context = args.max_context or served.get("max_model_len") or 4096
-        elif args.max_context:
-            max_context = min(args.max_context, max_context)
-
-        workload = Workload(input_len, output_len, max_context, PromptSynthesizer(tokenizer), args.seed)
-        protocol = OpenAIProtocol(args.endpoint, args.ignore_eos)
-        target = Target(url, model_name, protocol, headers, tokenizer.count if tokenizer else None)
-        simulated = sim_config is not None
-        backend_info: dict = {"name": backend, "url": url, "simulated": simulated}
-        if server is not None:
-            backend_info.update(launch_command=server.argv, ready_after_s=server.ready_after_s)
-            backend_info["sim"] = await _get_json(url + "/sim/info")
-        run_info.update(
-            status="running",
-            backend=backend_info,
-            model=model_name,
-            gpu=(sim_config.gpu.key if sim_config else None),
-            gpus=(sim_config.tp if sim_config else None),
-            endpoint=protocol.endpoint,
-            path=protocol.path,
-            ignore_eos=protocol.ignore_eos,
-            workload=workload.describe(),
-            load={
-                "mode": plan.mode,
-                "arrival": plan.arrival.kind if plan.arrival else None,
-                "qps": plan.arrival.rate if plan.arrival else None,
-                "burstiness": plan.arrival.burstiness if plan.arrival else None,
-                "concurrency": plan.concurrency,
-                "num_requests": plan.num_requests,
-                "duration_s": plan.duration_s,
-                "warmup": plan.warmup,
-                "timeout_s": plan.timeout_s,
-                "seed": plan.seed,
-            },
-            slo_ms=slo,
-            api_key_given=bool(headers),
-        )
-        write_json(run_dir / "run.json", run_info)
-
-        total = None if plan.num_requests is None else plan.num_requests + plan.warmup
-        progress = tqdm(total=total, unit="req", disable=args.quiet, file=sys.stderr, dynamic_ncols=True,
-                        desc=f"{backend} {model_name}" + (" (SIMULATED)" if simulated else ""))
-        writer = RecordWriter(run_dir / "requests.jsonl")
-
-        def on_record(record) -> None:
-            writer.write(record)
-            progress.update(1)
-
-        load_task = asyncio.create_task(run_load(target, workload, plan, on_record))
-        _install_stop_handlers(load_task)
-        outcome = await load_task
-        progress.close()
-        run_info.update(origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s,
-                        workload={**workload.describe(), "clipped_requests": workload.clipped})
-
-        summary = summarize(outcome.records, slo, simulated=simulated)
-        summary["prompt_source"] = workload.synthesizer.source
-        summary["interrupted"] = outcome.interrupted
-        if simulated:
-            truth = (await _get_json(url + "/sim/requests"))["requests"]
-            with open(run_dir / "sim_ground_truth.jsonl", "w") as f:
-                for g in truth:
-                    f.write(json.dumps(g) + "\n")
-            summary["client_timing_error"] = timing_error(outcome.records, truth, outcome.origin_ns)
-        write_json(run_dir / "summary.json", summary)
-        run_info.update(status="interrupted" if outcome.interrupted else "finished", finished_at=utc_now())
-        write_json(run_dir / "run.json", run_info)
-    except BaseException as exc:
-        run_info.update(status="failed", finished_at=utc_now(), error=str(exc).splitlines()[0] if str(exc) else repr(exc))
-        write_json(run_dir / "run.json", run_info)
-        raise
-    finally:
-        if progress is not None:
-            progress.close()
-        if writer is not None:
-            writer.close()
-        if server is not None:
-            server.stop()
-
-    table = format_summary(summary, run_dir)
-    if args.json:
+def _print_result(opts: argparse.Namespace, summary: dict, text: str, run_dir: Path) -> None:
+    if opts.json:
         print(json.dumps(summary, indent=2))
-        if not args.quiet:
-            print(table, file=sys.stderr)
-    elif not args.quiet:
-        print(table)
+        if not opts.quiet:
+            print(text, file=sys.stderr)
+    elif not opts.quiet:
+        print(text)
     else:
         print(run_dir)
-    return 130 if outcome.interrupted else 0
 
 
-async def _get_json(url: str) -> dict:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-        async with s.get(url) as resp:
-            return await resp.json(content_type=None)
+# -- run ----------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    opts, backend, config, tokenizer, headers, model_label = _prepare(args)
+    plan = load_plan(opts)
+    run_dir = create_run_dir(opts.output, backend, model_label)
+
+    async def go():
+        async with open_endpoint(opts, config, run_dir, headers) as endpoint:
+            workload = build_workload(opts, endpoint.max_context, tokenizer)
+            return await run_point(endpoint, opts, plan, workload, run_dir, headers,
+                                   tokenizer.count if tokenizer else None)
+
+    summary, interrupted = eventloop.run(go())
+    _print_result(opts, summary, format_summary(summary, run_dir), run_dir)
+    return 130 if interrupted else 0
 
 
-def _install_stop_handlers(load_task: asyncio.Task) -> None:
-    """First Ctrl-C/SIGTERM: cancel in-flight requests, keep and summarise what was measured. Second: exit now."""
-    loop = asyncio.get_running_loop()
-    hits = 0
+# -- sweep --------------------------------------------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    scenario_points = {}
+    if args.scenario:
+        scenario_points = load_scenario(args.scenario).section("load_points")
+    qps_points, conc_points = args.qps, args.concurrency
+    # A point list is handled here; resolve() must not see it as a single qps/concurrency.
+    args.qps = args.concurrency = None
+    opts, backend, config, tokenizer, headers, model_label = _prepare(args)
+    if args.until_slo:
+        if qps_points or conc_points:
+            raise LoadgenError("--until-slo searches QPS itself; drop --qps/--concurrency points")
+        opts.slo = args.until_slo
+        parse_slo(opts.slo)
+        if not 0 < args.slo_fraction <= 1:
+            raise LoadgenError("--slo-fraction must be in (0, 1], e.g. 0.9")
+    elif qps_points and conc_points:
+        raise LoadgenError("sweep --qps points or --concurrency points, not both")
+    elif not qps_points and not conc_points:
+        qps_points = scenario_points.get("qps")
+        conc_points = scenario_points.get("concurrency")
+        if not qps_points and not conc_points:
+            raise LoadgenError("give points to sweep: --qps 1,2,4,8 or --concurrency 1,4,16,64, or --until-slo ttft:1s")
+    if opts.arrival == "trace":
+        raise LoadgenError("a sweep varies QPS or concurrency; --arrival trace replays fixed times (use loadgen run)")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = create_run_dir(opts.output or f"results/{stamp}-sweep-{slug(backend)}-{slug(Path(model_label).name)}",
+                          backend, model_label)
+    points: list[dict] = []
 
-    def stop() -> None:
-        nonlocal hits
-        hits += 1
-        if hits == 1:
-            print("\nstopping: cancelling in-flight requests and writing results (Ctrl-C again to force)",
-                  file=sys.stderr)
-            load_task.cancel()
-        else:
-            os._exit(130)
+    async def go() -> dict | None:
+        async with open_endpoint(opts, config, base, headers) as endpoint:
+            async def point(qps: float | None = None, concurrency: int | None = None) -> dict:
+                label = f"qps {qps:g}" if qps is not None else f"concurrency {concurrency}"
+                run_dir = base / (f"qps-{qps:g}" if qps is not None else f"concurrency-{concurrency}")
+                run_dir.mkdir(exist_ok=True)
+                workload = build_workload(opts, endpoint.max_context, tokenizer)  # same seeded requests each point
+                summary, interrupted = await run_point(endpoint, opts, load_plan(opts, qps, concurrency), workload,
+                                                       run_dir, headers, tokenizer.count if tokenizer else None,
+                                                       label=label)
+                entry = {"label": label, "qps": qps, "concurrency": concurrency, "run_dir": str(run_dir),
+                         "summary": summary}
+                points.append(entry)
+                write_json(base / "sweep.json", _sweep_json(opts, endpoint.simulated, points, None))
+                if interrupted:
+                    raise KeyboardInterrupt
+                return entry
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+            if args.until_slo:
+                async def evaluate(rate: float) -> bool:
+                    return meets((await point(qps=rate))["summary"], args.slo_fraction)
+
+                search = await find_max_rate(evaluate, args.start_qps, args.max_qps, args.precision)
+                search.update(slo=args.until_slo, slo_fraction=args.slo_fraction)
+                write_json(base / "sweep.json", _sweep_json(opts, endpoint.simulated, points, search))
+                return search
+            for q in qps_points or []:
+                await point(qps=float(q))
+            for c in conc_points or []:
+                await point(concurrency=int(c))
+            return None
+
+    try:
+        search = eventloop.run(go())
+    except KeyboardInterrupt:
+        print(f"sweep interrupted after {len(points)} point(s); results in {base}", file=sys.stderr)
+        return 130
+    simulated = config is not None
+    text = sweep_table(sorted(points, key=lambda p: (p["qps"] or 0, p["concurrency"] or 0)), simulated)
+    if search is not None:
+        best = search["highest_meeting"]
+        text += ("\n\nsaturation point: " + (f"{best:.3g} req/s is the highest rate where "
+                                              f"{args.slo_fraction:.0%} of requests meet {args.until_slo}"
+                                              if best is not None else f"no rate tried meets {args.until_slo}"))
+    text += f"\nresults: {base}"
+    result = json.loads((base / "sweep.json").read_text())
+    _print_result(opts, result, text, base)
+    return 0
 
 
-# -- other commands -------------------------------------------------------------------------------
+def _sweep_json(opts: argparse.Namespace, simulated: bool, points: list[dict], search: dict | None) -> dict:
+    keep = ("requests", "throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "goodput", "lateness_ms")
+    return {
+        "simulated": simulated,
+        "scenario": opts.scenario_name,
+        "points": [{k: v for k, v in p.items() if k != "summary"} | {k: p["summary"].get(k) for k in keep}
+                   for p in points],
+        "search": search,
+    }
+
+
+# -- other commands -----------------------------------------------------------------------------------
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    if args.action == "show":
+        if not args.name:
+            raise LoadgenError("`loadgen scenarios show` needs a NAME (see `loadgen scenarios`)")
+        print(load_scenario(args.name).path.read_text(), end="")
+        return 0
+    rows = [[s.name, s.data.get("model", "-"), s.description] for s in list_scenarios()]
+    print(tabulate(rows, headers=["scenario", "model", "description"], maxcolwidths=[None, None, 90]))
+    return 0
+
+
 def cmd_serve_sim(args: argparse.Namespace) -> int:
     config = sim_backend.build_config(
         args.model, args.gpu, args.gpus, served_model_name=args.served_model_name,

@@ -20,7 +20,7 @@ from loadgen.client import Target, make_session, open_connections, send_request
 # Connections opened ahead of an open-loop run (its peak concurrency is not known in advance).
 OPEN_LOOP_PREWARM = 32
 from loadgen.records import RequestRecord
-from loadgen.workload import Workload
+from loadgen.workload import RequestSpec
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,11 @@ class LoadPlan:
     warmup: int = 0
     timeout_s: float | None = None
     seed: int = 0
+    trace_time_scale: float | None = None  # open loop at the workload's own timestamps (trace replay)
 
     @property
     def mode(self) -> str:
-        return "open" if self.arrival is not None else "closed"
+        return "open" if self.arrival is not None or self.trace_time_scale is not None else "closed"
 
 
 @dataclass
@@ -46,13 +47,27 @@ class LoadOutcome:
     wall_s: float
 
 
-def _phase(index: int, warmup: int) -> str:
-    return "warmup" if index < warmup else "measured"
+def _phase(position: int, warmup: int) -> str:
+    """Warm-up is the first `warmup` scheduled items (requests, or conversations with all their turns)."""
+    return "warmup" if position < warmup else "measured"
+
+
+async def _send_conversation(session, target, first: RequestSpec, origin_ns: int, phase: str,
+                             scheduled_s: float | None, timeout_s: float | None, done) -> None:
+    """Send a spec, then each later turn of its conversation as soon as the previous one completed.
+    A failed turn ends the conversation: its history would be wrong."""
+    record = await send_request(session, target, first, origin_ns, phase, scheduled_s, timeout_s)
+    done(record)
+    spec = first.next_turn
+    while spec is not None and record.ok:
+        record = await send_request(session, target, spec, origin_ns, phase, None, timeout_s)
+        done(record)
+        spec = spec.next_turn
 
 
 async def run_load(
     target: Target,
-    workload: Workload,
+    workload,  # Workload or DatasetWorkload
     plan: LoadPlan,
     on_record: Callable[[RequestRecord], None],
 ) -> LoadOutcome:
@@ -97,23 +112,17 @@ async def _finish_all(tasks: set[asyncio.Task]) -> None:
 
 
 async def _open_loop(session, target, workload, plan, origin_ns, done) -> None:
-    rng = np.random.default_rng([plan.seed, 3])
-    total = None if plan.num_requests is None else plan.num_requests + plan.warmup
-    offsets = plan.arrival.offsets(rng, n=total, duration=plan.duration_s)
-    # Prompts are synthesised before the clock starts so that synthesis never delays a send.
-    specs = workload.take(len(offsets))
+    specs, offsets = schedule(workload, plan)
     tasks: set[asyncio.Task] = set()
 
-    async def one(spec, scheduled_s: float) -> None:
-        done(await send_request(session, target, spec, origin_ns, _phase(spec.index, plan.warmup),
-                                scheduled_s, plan.timeout_s))
-
     try:
-        for spec, offset in zip(specs, offsets.tolist()):
+        for position, (spec, offset) in enumerate(zip(specs, offsets.tolist())):
             delay = offset - (time.perf_counter_ns() - origin_ns) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one(spec, offset))
+            task = asyncio.create_task(_send_conversation(session, target, spec, origin_ns,
+                                                          _phase(position, plan.warmup), offset, plan.timeout_s,
+                                                          done))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except asyncio.CancelledError:
@@ -122,6 +131,22 @@ async def _open_loop(session, target, workload, plan, origin_ns, done) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     await _finish_all(tasks)
+
+
+def schedule(workload, plan: LoadPlan) -> tuple[list[RequestSpec], np.ndarray]:
+    """Specs and their send offsets for an open loop. Prompts are made here, before the clock starts,
+    so that synthesis never delays a send."""
+    total = None if plan.num_requests is None else plan.num_requests + plan.warmup
+    if plan.trace_time_scale is not None:
+        specs = workload.take(total) if total is not None else list(workload.specs())
+        offsets = np.array([(s.arrival_s or 0.0) * plan.trace_time_scale for s in specs])
+        if plan.duration_s is not None:
+            keep = offsets < plan.duration_s
+            specs, offsets = [s for s, k in zip(specs, keep) if k], offsets[keep]
+        return specs, offsets
+    rng = np.random.default_rng([plan.seed, 3])
+    offsets = plan.arrival.offsets(rng, n=total, duration=plan.duration_s)
+    return workload.take(len(offsets)), offsets
 
 
 async def _closed_loop(session, target, workload, plan, origin_ns, done) -> None:
@@ -137,10 +162,13 @@ async def _closed_loop(session, target, workload, plan, origin_ns, done) -> None
                 return
             if deadline_ns is not None and time.perf_counter_ns() >= deadline_ns:
                 return
+            position = issued
             issued += 1
-            spec = next(specs)
-            done(await send_request(session, target, spec, origin_ns, _phase(spec.index, plan.warmup),
-                                    None, plan.timeout_s))
+            spec = next(specs, None)
+            if spec is None:  # a finite workload (trace) ran out
+                return
+            await _send_conversation(session, target, spec, origin_ns, _phase(position, plan.warmup), None,
+                                     plan.timeout_s, done)
 
     tasks = {asyncio.create_task(user()) for _ in range(int(plan.concurrency or 1))}
     await _finish_all(tasks)

@@ -1,0 +1,124 @@
+"""Run one load point against an endpoint and write its run directory, record by record."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from backends.openai_protocol import OpenAIProtocol
+from loadgen.accuracy import timing_error
+from loadgen.client import Target
+from loadgen.launch import Endpoint, get_json
+from loadgen.metrics import summarize
+from loadgen.records import RecordWriter
+from loadgen.rundir import environment, utc_now, write_json
+from loadgen.runner import LoadPlan, run_load
+from loadgen.slo import parse_slo
+
+
+def load_description(plan: LoadPlan) -> dict:
+    return {
+        "mode": plan.mode,
+        "arrival": "trace" if plan.trace_time_scale is not None else (plan.arrival.kind if plan.arrival else None),
+        "qps": plan.arrival.rate if plan.arrival else None,
+        "burstiness": plan.arrival.burstiness if plan.arrival else None,
+        "time_scale": plan.trace_time_scale,
+        "concurrency": plan.concurrency,
+        "num_requests": plan.num_requests,
+        "duration_s": plan.duration_s,
+        "warmup": plan.warmup,
+        "timeout_s": plan.timeout_s,
+        "seed": plan.seed,
+    }
+
+
+async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan, workload, run_dir: Path,
+                    headers: dict[str, str], count_tokens=None, label: str = "") -> tuple[dict, bool]:
+    """(summary, interrupted). Records are on disk the moment each request ends; Ctrl-C stops the point."""
+    from tqdm import tqdm
+
+    slo = parse_slo(opts.slo) if opts.slo else None
+    protocol = OpenAIProtocol(opts.endpoint, opts.ignore_eos)
+    target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
+    run_info: dict = {
+        "status": "running",
+        "started_at": utc_now(),
+        "environment": environment(),
+        "scenario": opts.scenario_name,
+        "backend": endpoint.info,
+        "model": endpoint.model,
+        "gpu": opts.gpu if endpoint.simulated else None,
+        "gpus": opts.gpus if endpoint.simulated else None,
+        "endpoint": protocol.endpoint,
+        "path": protocol.path,
+        "ignore_eos": protocol.ignore_eos,
+        "workload": workload.describe(),
+        "load": load_description(plan),
+        "slo_ms": slo,
+        "api_key_given": bool(headers),
+    }
+    write_json(run_dir / "run.json", run_info)
+    total = None if plan.num_requests is None else plan.num_requests + plan.warmup
+    progress = tqdm(total=total, unit="req", disable=bool(opts.quiet), file=sys.stderr, dynamic_ncols=True,
+                    desc=(label or f"{endpoint.info['name']} {endpoint.model}") + (" (SIMULATED)" if endpoint.simulated else ""))
+    writer = RecordWriter(run_dir / "requests.jsonl")
+    try:
+        def on_record(record) -> None:
+            writer.write(record)
+            progress.update(1)
+
+        load_task = asyncio.create_task(run_load(target, workload, plan, on_record))
+        remove = _install_stop_handlers(load_task)
+        try:
+            outcome = await load_task
+        finally:
+            remove()
+    except BaseException as exc:
+        run_info.update(status="failed", finished_at=utc_now(), error=(str(exc).splitlines() or [repr(exc)])[0])
+        write_json(run_dir / "run.json", run_info)
+        raise
+    finally:
+        progress.close()
+        writer.close()
+
+    summary = summarize(outcome.records, slo, simulated=endpoint.simulated)
+    summary["prompt_source"] = workload.prompt_source
+    summary["interrupted"] = outcome.interrupted
+    if endpoint.simulated:
+        ids = {r.response_id for r in outcome.records if r.response_id}
+        truth = [g for g in ((await get_json(endpoint.url + "/sim/requests")) or {}).get("requests", []) if g["id"] in ids]
+        with open(run_dir / "sim_ground_truth.jsonl", "w") as f:
+            for g in truth:
+                f.write(json.dumps(g) + "\n")
+        summary["client_timing_error"] = timing_error(outcome.records, truth, outcome.origin_ns)
+    write_json(run_dir / "summary.json", summary)
+    run_info.update(status="interrupted" if outcome.interrupted else "finished", finished_at=utc_now(),
+                    origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s, workload=workload.describe())
+    write_json(run_dir / "run.json", run_info)
+    return summary, outcome.interrupted
+
+
+def _install_stop_handlers(load_task: asyncio.Task):
+    """First Ctrl-C/SIGTERM: cancel in-flight requests, keep and summarise what was measured. Second: exit now."""
+    loop = asyncio.get_running_loop()
+    hits = 0
+
+    def stop() -> None:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            print("\nstopping: cancelling in-flight requests and writing results (Ctrl-C again to force)",
+                  file=sys.stderr)
+            load_task.cancel()
+        else:
+            os._exit(130)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop)
+    return lambda: [loop.remove_signal_handler(sig) for sig in signals]
