@@ -83,15 +83,20 @@ class Dataset:
         return Dataset(self.path, self.format, kept, skipped, self.token_count)
 
     def sample(self, n: int | None, seed: int) -> list[DatasetRecord]:
-        """n records drawn without replacement (shuffled with the seed), or all of them in file order.
+        """The records in an order shuffled with the seed (the first n of it when n is given).
         Traces keep their order: their timestamps are the point."""
-        if n is None or self.format in ("azure", "burstgpt"):
-            return self.records[:n] if n is not None else list(self.records)
+        if self.format in ("azure", "burstgpt"):
+            return list(self.records[:n])
         order = np.random.default_rng([seed, 4]).permutation(len(self.records))
         return [self.records[i] for i in order[:n]]
 
 
 def detect_format(path: Path) -> str:
+    try:
+        if not path.read_bytes().strip():
+            raise LoadgenError(f"dataset {path} is empty; give a file with records")
+    except OSError as exc:
+        raise LoadgenError(f"cannot read dataset {path}: {exc.strerror}") from None
     suffix = path.suffix.lower()
     if suffix == ".csv":
         try:

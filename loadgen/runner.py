@@ -117,8 +117,8 @@ async def _open_loop(session, target, workload, plan, origin_ns, done) -> None:
 
     try:
         for position, (spec, offset) in enumerate(zip(specs, offsets.tolist())):
-            delay = offset - (time.perf_counter_ns() - origin_ns) / 1e9
-            if delay > 0:
+            # uvloop's timers have millisecond resolution and can fire early: sleep again until truly due.
+            while (delay := offset - (time.perf_counter_ns() - origin_ns) / 1e9) > 0:
                 await asyncio.sleep(delay)
             task = asyncio.create_task(_send_conversation(session, target, spec, origin_ns,
                                                           _phase(position, plan.warmup), offset, plan.timeout_s,
