@@ -136,6 +136,14 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             pass
 
+    def kill_now(self) -> None:
+        """SIGKILL the process group without waiting: for a forced exit."""
+        if self.proc is not None:
+            try:
+                os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def __enter__(self) -> "ServerProcess":
         self.start()
         return self

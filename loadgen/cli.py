@@ -14,7 +14,7 @@ from backends import eventloop
 from backends import sim as sim_backend
 from backends.errors import BackendError
 from loadgen.errors import LoadgenError
-from loadgen.execute import run_point
+from loadgen.execute import record_failed_start, run_point
 from loadgen.launch import backend_name, open_endpoint, sim_config
 from loadgen.options import (
     add_run_arguments,
@@ -120,8 +120,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             return await run_point(endpoint, opts, plan, workload, run_dir, headers,
                                    tokenizer.count if tokenizer else None)
 
-    summary, interrupted = eventloop.run(go())
+    try:
+        summary, interrupted = eventloop.run(go())
+    except USER_ERRORS as exc:
+        record_failed_start(run_dir, opts, exc)
+        raise
     _print_result(opts, summary, format_summary(summary, run_dir), run_dir)
+    if summary.get("stopped_early"):
+        print(f"loadgen: run stopped early: {summary['stopped_early']}; what was measured is in {run_dir}",
+              file=sys.stderr)
+        return 1
     return 130 if interrupted else 0
 
 
@@ -189,6 +197,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     try:
         search = eventloop.run(go())
+    except USER_ERRORS as exc:
+        record_failed_start(base, opts, exc)
+        raise
     except KeyboardInterrupt:
         print(f"sweep interrupted after {len(points)} point(s); results in {base}", file=sys.stderr)
         return 130

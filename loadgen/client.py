@@ -92,6 +92,7 @@ async def send_request(
     phase: str,
     scheduled_s: float | None,
     timeout_s: float | None,
+    idle_timeout_s: float | None = None,
 ) -> RequestRecord:
     parser = target.protocol.parser(collect_text=target.count_tokens is not None)
     body = json.dumps(target.protocol.payload(target.model, spec.prompt, spec.output_tokens)).encode()
@@ -104,11 +105,15 @@ async def send_request(
     try:
         async with asyncio.timeout(timeout_s):
             async with session.post(target.parsed_url, data=body, headers=target.request_headers,
-                                    trace_request_ctx=body_sent) as resp:
+                                    trace_request_ctx=body_sent,
+                                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=30,
+                                                                  sock_read=idle_timeout_s)) as resp:
                 http_status = resp.status
                 if resp.status != 200:
                     body = (await resp.text(errors="replace"))[:ERROR_TEXT_LIMIT]
-                    status, error = "error:http", f"HTTP {resp.status}: {body.strip()}"
+                    retry = resp.headers.get("Retry-After")
+                    status, error = "error:http", f"HTTP {resp.status}: {body.strip()}" + (
+                        f" (Retry-After: {retry})" if retry else "")
                 else:
                     # One wake-up per network read (not per SSE line); lines read together share a stamp.
                     pending = b""
@@ -130,10 +135,14 @@ async def send_request(
                         status, error = "error:stream", "stream ended before [DONE]"
                     elif not chunk_ns:
                         status, error = "error:empty", "stream finished without any tokens"
+    except aiohttp.ServerTimeoutError:  # aiohttp's sock_read: no bytes for idle_timeout_s
+        status, error = TIMEOUT, f"idle: no data for {idle_timeout_s:g} s"
     except TimeoutError:
         status, error = TIMEOUT, f"no complete response within {timeout_s:g} s"
     except asyncio.CancelledError:
         status, error = CANCELLED, "cancelled before the response completed"
+    except aiohttp.ClientPayloadError as exc:
+        status, error = "error:stream", f"connection closed mid-stream ({exc.__class__.__name__})"
     except aiohttp.ClientResponseError as exc:
         status, error = "error:http", str(exc)
     except (aiohttp.ClientError, OSError) as exc:

@@ -15,7 +15,7 @@ from loadgen.accuracy import timing_error
 from loadgen.client import Target
 from loadgen.launch import Endpoint, get_json
 from loadgen.metrics import summarize
-from loadgen.records import RecordWriter
+from loadgen.records import RecordWriter, read_records
 from loadgen.rundir import environment, utc_now, write_json
 from loadgen.runner import LoadPlan, run_load
 from loadgen.slo import parse_slo
@@ -33,13 +33,17 @@ def load_description(plan: LoadPlan) -> dict:
         "duration_s": plan.duration_s,
         "warmup": plan.warmup,
         "timeout_s": plan.timeout_s,
+        "idle_timeout_s": plan.idle_timeout_s,
+        "max_errors": plan.max_errors,
+        "max_error_rate": plan.max_error_rate,
         "seed": plan.seed,
     }
 
 
 async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan, workload, run_dir: Path,
                     headers: dict[str, str], count_tokens=None, label: str = "") -> tuple[dict, bool]:
-    """(summary, interrupted). Records are on disk the moment each request ends; Ctrl-C stops the point."""
+    """(summary, interrupted). Records are on disk the moment each request ends; Ctrl-C stops the point.
+    Nothing per request is held in memory during the run: the summary is computed from requests.jsonl."""
     from tqdm import tqdm
 
     slo = parse_slo(opts.slo) if opts.slo else None
@@ -72,8 +76,8 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
             writer.write(record)
             progress.update(1)
 
-        load_task = asyncio.create_task(run_load(target, workload, plan, on_record))
-        remove = _install_stop_handlers(load_task)
+        load_task = asyncio.create_task(run_load(target, workload, plan, on_record, keep_records=False))
+        remove = _install_stop_handlers(load_task, endpoint.kill)
         try:
             outcome = await load_task
         finally:
@@ -86,25 +90,45 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
         progress.close()
         writer.close()
 
-    summary = summarize(outcome.records, slo, simulated=endpoint.simulated)
+    records = read_records(run_dir / "requests.jsonl")
+    summary = summarize(records, slo, simulated=endpoint.simulated)
     summary["prompt_source"] = workload.prompt_source
     summary["interrupted"] = outcome.interrupted
+    summary["stopped_early"] = outcome.stopped_early
+    if outcome.stopped_early:
+        summary["warnings"].insert(0, f"run stopped early: {outcome.stopped_early}")
     if endpoint.simulated:
-        ids = {r.response_id for r in outcome.records if r.response_id}
+        ids = {r.response_id for r in records if r.response_id}
         truth = [g for g in ((await get_json(endpoint.url + "/sim/requests")) or {}).get("requests", []) if g["id"] in ids]
         with open(run_dir / "sim_ground_truth.jsonl", "w") as f:
             for g in truth:
                 f.write(json.dumps(g) + "\n")
-        summary["client_timing_error"] = timing_error(outcome.records, truth, outcome.origin_ns)
+        summary["client_timing_error"] = timing_error(records, truth, outcome.origin_ns)
     write_json(run_dir / "summary.json", summary)
-    run_info.update(status="interrupted" if outcome.interrupted else "finished", finished_at=utc_now(),
+    status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
+    run_info.update(status=status, finished_at=utc_now(), stopped_early=outcome.stopped_early,
                     origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s, workload=workload.describe())
     write_json(run_dir / "run.json", run_info)
     return summary, outcome.interrupted
 
 
-def _install_stop_handlers(load_task: asyncio.Task):
-    """First Ctrl-C/SIGTERM: cancel in-flight requests, keep and summarise what was measured. Second: exit now."""
+def record_failed_start(run_dir: Path, opts: argparse.Namespace, error: BaseException) -> None:
+    """A run that failed before its first request still leaves a run.json saying what and why."""
+    if (run_dir / "run.json").exists():
+        return
+    write_json(run_dir / "run.json", {
+        "status": "failed",
+        "finished_at": utc_now(),
+        "error": (str(error).splitlines() or [repr(error)])[0],
+        "environment": environment(),
+        "scenario": opts.scenario_name,
+        "server_log": str(run_dir / "server.log") if (run_dir / "server.log").exists() else None,
+    })
+
+
+def _install_stop_handlers(load_task: asyncio.Task, kill_server):
+    """First Ctrl-C/SIGTERM: cancel in-flight requests, keep and summarise what was measured. Second: kill the
+    launched server's process group and exit at once (records already written stay on disk)."""
     loop = asyncio.get_running_loop()
     hits = 0
 
@@ -116,6 +140,7 @@ def _install_stop_handlers(load_task: asyncio.Task):
                   file=sys.stderr)
             load_task.cancel()
         else:
+            kill_server()
             os._exit(130)
 
     signals = (signal.SIGINT, signal.SIGTERM)

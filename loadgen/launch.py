@@ -25,6 +25,12 @@ class Endpoint:
     max_context: int
     simulated: bool
     info: dict = field(default_factory=dict)  # for run.json: backend name, launch command, readiness, sim parameters
+    server: ServerProcess | None = None
+
+    def kill(self) -> None:
+        """Immediate SIGKILL of the launched server's process group (forced exit); no-op when attached by URL."""
+        if self.server is not None:
+            self.server.kill_now()
 
 
 def check_url(url: str) -> str:
@@ -99,7 +105,7 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
                 max_context = served.get("max_model_len") or 4096
         if opts.max_context:
             max_context = min(opts.max_context, max_context)
-        yield Endpoint(url, model, max_context, config is not None, info)
+        yield Endpoint(url, model, max_context, config is not None, info, server)
     finally:
         if server is not None:
             server.stop()

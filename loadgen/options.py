@@ -43,6 +43,16 @@ positive_int = _number(int, 0, False, "integer")
 nonneg_int = _number(int, 0, True, "integer")
 
 
+def fraction(text: Any) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
+    return value
+
+
 def duration(text: Any) -> float:
     try:
         value = parse_duration(str(text))
@@ -94,6 +104,9 @@ DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any] | None]] = {
     "duration": (None, duration),
     "warmup": (0, nonneg_int),
     "timeout": (600.0, duration),
+    "idle_timeout": (None, duration),
+    "max_errors": (None, nonneg_int),
+    "max_error_rate": (None, None),
     "slo": (None, str),
     "output": (None, None),
     "json": (False, None),
@@ -169,6 +182,13 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     a.add_argument("--duration", type=duration, help="stop sending after this long, e.g. 60s or 5m")
     a.add_argument("--warmup", type=nonneg_int, help="requests sent first and excluded from the metrics (default 0)")
     a.add_argument("--timeout", type=duration, help="per-request limit, e.g. 30s (default 600s)")
+    a.add_argument("--idle-timeout", type=duration,
+                   help="fail a request after this long without a byte, e.g. 30s (default: no limit)")
+    a.add_argument("--max-errors", type=nonneg_int,
+                   help="stop the run early once more than N requests failed (errors and timeouts)")
+    a.add_argument("--max-error-rate", type=fraction,
+                   help="stop the run early once more than this fraction of finished requests failed "
+                        "(checked after 20 requests), e.g. 0.5")
     a.add_argument("--slo", help="goodput objectives, e.g. ttft:500ms,tpot:50ms,e2el:10s")
 
     o = p.add_argument_group("output")
@@ -232,7 +252,8 @@ def load_plan(opts: argparse.Namespace, qps: float | None = None, concurrency: i
     if num is None and opts.duration is None and opts.arrival != TRACE:
         num = DEFAULT_NUM_REQUESTS
     common = dict(num_requests=num, duration_s=opts.duration, warmup=opts.warmup, timeout_s=opts.timeout,
-                  seed=opts.seed)
+                  seed=opts.seed, idle_timeout_s=opts.idle_timeout, max_errors=opts.max_errors,
+                  max_error_rate=opts.max_error_rate)
     if opts.arrival == TRACE:
         if concurrency is not None or qps is not None:
             raise LoadgenError("--arrival trace sends at the trace's timestamps; drop --qps/--concurrency "

@@ -33,6 +33,10 @@ class LoadPlan:
     timeout_s: float | None = None
     seed: int = 0
     trace_time_scale: float | None = None  # open loop at the workload's own timestamps (trace replay)
+    idle_timeout_s: float | None = None  # longest silence between chunks
+    max_errors: int | None = None  # stop the run after this many failed requests (errors and timeouts)
+    max_error_rate: float | None = None  # ... or when this fraction of finished requests failed
+    error_rate_min_requests: int = 20  # the rate rule waits for this many finished requests
 
     @property
     def mode(self) -> str:
@@ -42,9 +46,33 @@ class LoadPlan:
 @dataclass
 class LoadOutcome:
     origin_ns: int
-    records: list[RequestRecord]
+    records: list[RequestRecord]  # empty when the caller asked not to keep them (they are on disk)
     interrupted: bool
     wall_s: float
+    stopped_early: str | None = None  # why an error limit ended the run
+    finished: int = 0
+
+
+class ErrorLimit:
+    """Counts failures as records arrive and says when a run-level limit is crossed."""
+
+    def __init__(self, plan: "LoadPlan"):
+        self.plan = plan
+        self.done = 0
+        self.failed = 0
+
+    def add(self, record: RequestRecord) -> str | None:
+        self.done += 1
+        if record.status.startswith("error") or record.status == "timeout":
+            self.failed += 1
+        p = self.plan
+        if p.max_errors is not None and self.failed > p.max_errors:
+            return f"{self.failed} failed requests exceed --max-errors {p.max_errors}"
+        if (p.max_error_rate is not None and self.done >= p.error_rate_min_requests
+                and self.failed / self.done > p.max_error_rate):
+            return (f"{self.failed} of {self.done} requests failed ({self.failed / self.done:.0%}), "
+                    f"above --max-error-rate {p.max_error_rate:g}")
+        return None
 
 
 def _phase(position: int, warmup: int) -> str:
@@ -53,14 +81,16 @@ def _phase(position: int, warmup: int) -> str:
 
 
 async def _send_conversation(session, target, first: RequestSpec, origin_ns: int, phase: str,
-                             scheduled_s: float | None, timeout_s: float | None, done) -> None:
+                             scheduled_s: float | None, plan: "LoadPlan", done) -> None:
     """Send a spec, then each later turn of its conversation as soon as the previous one completed.
     A failed turn ends the conversation: its history would be wrong."""
-    record = await send_request(session, target, first, origin_ns, phase, scheduled_s, timeout_s)
+    record = await send_request(session, target, first, origin_ns, phase, scheduled_s, plan.timeout_s,
+                                plan.idle_timeout_s)
     done(record)
     spec = first.next_turn
     while spec is not None and record.ok:
-        record = await send_request(session, target, spec, origin_ns, phase, None, timeout_s)
+        record = await send_request(session, target, spec, origin_ns, phase, None, plan.timeout_s,
+                                    plan.idle_timeout_s)
         done(record)
         spec = spec.next_turn
 
@@ -70,12 +100,24 @@ async def run_load(
     workload,  # Workload or DatasetWorkload
     plan: LoadPlan,
     on_record: Callable[[RequestRecord], None],
+    keep_records: bool = True,
 ) -> LoadOutcome:
+    """Run the plan. keep_records=False keeps nothing per request in memory (long runs: read the file)."""
     records: list[RequestRecord] = []
+    limit_check = ErrorLimit(plan)
+    stopped_early: str | None = None
+    main = asyncio.current_task()
 
     def done(record: RequestRecord) -> None:
-        records.append(record)
+        nonlocal stopped_early
+        if keep_records:
+            records.append(record)
         on_record(record)
+        reason = limit_check.add(record)
+        if reason and stopped_early is None:
+            stopped_early = reason
+            if main is not None:
+                main.cancel()
 
     limit = 0 if plan.mode == "open" else int(plan.concurrency or 1)
     interrupted = False
@@ -91,13 +133,14 @@ async def run_load(
             else:
                 await _closed_loop(session, target, workload, plan, origin_ns, done)
         except asyncio.CancelledError:
-            interrupted = True
+            interrupted = stopped_early is None
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
     gc.unfreeze()
     records.sort(key=lambda r: r.index)
-    return LoadOutcome(origin_ns, records, interrupted, (time.perf_counter_ns() - origin_ns) / 1e9)
+    return LoadOutcome(origin_ns, records, interrupted, (time.perf_counter_ns() - origin_ns) / 1e9,
+                       stopped_early, limit_check.done)
 
 
 async def _finish_all(tasks: set[asyncio.Task]) -> None:
@@ -121,8 +164,7 @@ async def _open_loop(session, target, workload, plan, origin_ns, done) -> None:
             while (delay := offset - (time.perf_counter_ns() - origin_ns) / 1e9) > 0:
                 await asyncio.sleep(delay)
             task = asyncio.create_task(_send_conversation(session, target, spec, origin_ns,
-                                                          _phase(position, plan.warmup), offset, plan.timeout_s,
-                                                          done))
+                                                          _phase(position, plan.warmup), offset, plan, done))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     except asyncio.CancelledError:
@@ -168,7 +210,7 @@ async def _closed_loop(session, target, workload, plan, origin_ns, done) -> None
             if spec is None:  # a finite workload (trace) ran out
                 return
             await _send_conversation(session, target, spec, origin_ns, _phase(position, plan.warmup), None,
-                                     plan.timeout_s, done)
+                                     plan, done)
 
     tasks = {asyncio.create_task(user()) for _ in range(int(plan.concurrency or 1))}
     await _finish_all(tasks)

@@ -64,3 +64,42 @@ def start_sim():
 def run_loadgen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "loadgen", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
+
+
+class FaultServerProcess:
+    """tests/fault_server.py in its own process (so it can also be killed mid-run)."""
+
+    def __init__(self, *args: str):
+        self.port = find_free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_server.py"), "--port", str(self.port),
+                                      *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_http(self.url + "/health")
+
+    def log(self) -> dict:
+        import json
+
+        with urllib.request.urlopen(self.url + "/fault/log", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def start_fault_server():
+    servers: list[FaultServerProcess] = []
+
+    def start(*args: str) -> FaultServerProcess:
+        s = FaultServerProcess(*args)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
