@@ -25,6 +25,7 @@ from loadgen.options import (
     positive_float,
     resolve,
 )
+from loadgen.compare import check_comparable, comparison_rows, format_rows, load_run
 from loadgen.prompts import HFTokenizer
 from loadgen.report import format_summary
 from loadgen.rundir import create_run_dir, slug, write_json
@@ -63,6 +64,21 @@ def build_parser() -> Parser:
     s.add_argument("--precision", type=positive_float, default=0.05,
                    help="stop when the bracket is narrower than this, relative (default 0.05)")
     sweep.set_defaults(func=cmd_sweep)
+
+    rep = sub.add_parser("report", help="write report.html (and plots) for a run or sweep directory",
+                         description="Write a self-contained report.html with plots into a run or sweep directory.")
+    rep.add_argument("directory", help="a directory written by `loadgen run` or `loadgen sweep`")
+    rep.add_argument("--csv", action="store_true", help="also write requests.csv and summary.csv (runs)")
+    rep.set_defaults(func=cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="compare runs side by side",
+                          description="Aligned summary table with relative differences against the first run, "
+                                      "and overlaid distributions with --html.")
+    cmp_.add_argument("runs", nargs="+", help="two or more run directories")
+    cmp_.add_argument("--html", help="also write an HTML comparison with overlaid CDFs to this file")
+    cmp_.add_argument("--force", action="store_true", help="compare even though the workloads differ")
+    cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp_.set_defaults(func=cmd_compare)
 
     scen = sub.add_parser("scenarios", help="list the scenario files, or show one",
                           description="List the shipped scenarios with descriptions, or print one (`show NAME`).")
@@ -126,6 +142,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         record_failed_start(run_dir, opts, exc)
         raise
     _print_result(opts, summary, format_summary(summary, run_dir), run_dir)
+    if opts.report:
+        from loadgen.html_report import write_report
+
+        print(f"report: {write_report(run_dir)}", file=sys.stderr)
     if summary.get("stopped_early"):
         print(f"loadgen: run stopped early: {summary['stopped_early']}; what was measured is in {run_dir}",
               file=sys.stderr)
@@ -213,6 +233,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     text += f"\nresults: {base}"
     result = json.loads((base / "sweep.json").read_text())
     _print_result(opts, result, text, base)
+    if opts.report:
+        from loadgen.html_report import write_report
+
+        print(f"report: {write_report(base)}", file=sys.stderr)
     return 0
 
 
@@ -225,6 +249,48 @@ def _sweep_json(opts: argparse.Namespace, simulated: bool, points: list[dict], s
                    for p in points],
         "search": search,
     }
+
+
+# -- reports ------------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from loadgen.csv_export import write_requests_csv, write_summary_csv
+    from loadgen.html_report import write_report
+
+    path = Path(args.directory)
+    if not path.is_dir():
+        raise LoadgenError(f"{path} is not a directory; give a run or sweep directory")
+    out = write_report(path)
+    if args.csv and (path / "summary.json").exists():
+        data = load_run(path)
+        write_requests_csv(path / "requests.csv", data.records())
+        write_summary_csv(path / "summary.csv", data.summary)
+    print(out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    if len(args.runs) < 2:
+        raise LoadgenError("compare needs at least two run directories")
+    runs = [load_run(p) for p in args.runs]
+    diffs = check_comparable(runs, args.force)
+    rows = comparison_rows(runs)
+    if args.json:
+        print(json.dumps({"runs": [str(r.path) for r in runs], "differences": diffs, "rows": rows}, indent=2))
+    else:
+        if any(r.simulated for r in runs):
+            print("SIMULATED: at least one run's timings come from dissect's engine model.")
+        for d in diffs:
+            print(f"forced comparison: {d}")
+        print(tabulate(format_rows(runs, rows), headers=["metric", *(r.name for r in runs)],
+                       disable_numparse=True))
+    if args.html:
+        from loadgen.html_report import compare_report
+
+        Path(args.html).write_text(compare_report(runs, diffs), encoding="utf-8")
+        print(f"report: {args.html}", file=sys.stderr)
+    return 0
 
 
 # -- other commands -----------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from loadgen.accuracy import timing_error
 from loadgen.client import Target
 from loadgen.launch import Endpoint, get_json
 from loadgen.metrics import summarize
+from loadgen.csv_export import write_requests_csv, write_summary_csv
 from loadgen.records import RecordWriter, read_records
+from loadgen.telemetry import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
 from loadgen.rundir import environment, utc_now, write_json
 from loadgen.runner import LoadPlan, run_load
 from loadgen.slo import parse_slo
@@ -71,6 +73,7 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     progress = tqdm(total=total, unit="req", disable=bool(opts.quiet), file=sys.stderr, dynamic_ncols=True,
                     desc=(label or f"{endpoint.info['name']} {endpoint.model}") + (" (SIMULATED)" if endpoint.simulated else ""))
     writer = RecordWriter(run_dir / "requests.jsonl")
+    sampler = _start_gpu_sampler(opts, endpoint, run_dir)
     try:
         def on_record(record) -> None:
             writer.write(record)
@@ -89,6 +92,8 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     finally:
         progress.close()
         writer.close()
+        if sampler is not None:
+            sampler.stop()
 
     records = read_records(run_dir / "requests.jsonl")
     summary = summarize(records, slo, simulated=endpoint.simulated)
@@ -104,12 +109,36 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
             for g in truth:
                 f.write(json.dumps(g) + "\n")
         summary["client_timing_error"] = timing_error(records, truth, outcome.origin_ns)
+    if sampler is not None:
+        measured = [r for r in records if r.phase == "measured"]
+        if measured:
+            window = (min(r.sent_s for r in measured), max(r.finished_s for r in measured))
+            summary["energy"] = energy_summary(read_gpu_samples(run_dir / "gpu.jsonl", outcome.origin_ns), window,
+                                               summary["tokens"]["output_total"])
     write_json(run_dir / "summary.json", summary)
+    if opts.csv:
+        write_requests_csv(run_dir / "requests.csv", records)
+        write_summary_csv(run_dir / "summary.csv", summary)
     status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
     run_info.update(status=status, finished_at=utc_now(), stopped_early=outcome.stopped_early,
                     origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s, workload=workload.describe())
     write_json(run_dir / "run.json", run_info)
     return summary, outcome.interrupted
+
+
+def _start_gpu_sampler(opts: argparse.Namespace, endpoint: Endpoint, run_dir: Path) -> GPUSampler | None:
+    if not opts.gpu_telemetry:
+        return None
+    if endpoint.simulated:
+        print("GPU telemetry: skipped (the simulated engine uses no GPU)", file=sys.stderr)
+        return None
+    reason = nvml_unavailable_reason()
+    if reason:
+        print(f"GPU telemetry: skipped ({reason})", file=sys.stderr)
+        return None
+    sampler = GPUSampler(run_dir / "gpu.jsonl", opts.gpu_sample_interval)
+    sampler.start()
+    return sampler
 
 
 def record_failed_start(run_dir: Path, opts: argparse.Namespace, error: BaseException) -> None:

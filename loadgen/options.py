@@ -109,6 +109,10 @@ DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any] | None]] = {
     "max_error_rate": (None, None),
     "slo": (None, str),
     "output": (None, None),
+    "report": (False, None),
+    "csv": (False, None),
+    "gpu_telemetry": (False, None),
+    "gpu_sample_interval": (0.5, duration),
     "json": (False, None),
     "quiet": (False, None),
 }
@@ -195,6 +199,12 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     o.add_argument("--output", help="run directory (default results/<time>-<backend>-<model>)")
     o.add_argument("--json", action="store_const", const=True, help="print the summary as JSON to stdout")
     o.add_argument("--quiet", action="store_const", const=True, help="no progress bar and no table")
+    o.add_argument("--report", action="store_const", const=True, help="write report.html at the end (needs matplotlib)")
+    o.add_argument("--csv", action="store_const", const=True, help="also write requests.csv and summary.csv")
+    o.add_argument("--gpu-telemetry", action="store_const", const=True,
+                   help="sample this machine's GPUs with NVML into gpu.jsonl (power, utilisation, memory, clocks) "
+                        "and report energy per output token; for a server on this host")
+    o.add_argument("--gpu-sample-interval", type=duration, help="NVML sampling period (default 500ms)")
 
 
 def _scenario_value(scenario: Scenario, path: str) -> Any:

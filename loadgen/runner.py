@@ -121,6 +121,7 @@ async def run_load(
 
     limit = 0 if plan.mode == "open" else int(plan.concurrency or 1)
     interrupted = False
+    planned = schedule(workload, plan) if plan.mode == "open" else None  # before the clock starts
     async with make_session(limit) as session:
         await open_connections(session, target, limit or OPEN_LOOP_PREWARM)
         # Objects alive now never need scanning again; a full collection mid-run is a multi-ms pause.
@@ -129,7 +130,7 @@ async def run_load(
         origin_ns = time.perf_counter_ns()
         try:
             if plan.mode == "open":
-                await _open_loop(session, target, workload, plan, origin_ns, done)
+                await _open_loop(session, target, planned, plan, origin_ns, done)
             else:
                 await _closed_loop(session, target, workload, plan, origin_ns, done)
         except asyncio.CancelledError:
@@ -154,8 +155,8 @@ async def _finish_all(tasks: set[asyncio.Task]) -> None:
         raise
 
 
-async def _open_loop(session, target, workload, plan, origin_ns, done) -> None:
-    specs, offsets = schedule(workload, plan)
+async def _open_loop(session, target, planned, plan, origin_ns, done) -> None:
+    specs, offsets = planned
     tasks: set[asyncio.Task] = set()
 
     try:
