@@ -18,6 +18,7 @@ from loadgen.execute import record_failed_start, run_point
 from loadgen.launch import backend_name, open_endpoint, sim_config
 from loadgen.options import (
     add_run_arguments,
+    duration,
     build_workload,
     check_workload_options,
     load_plan,
@@ -79,6 +80,14 @@ def build_parser() -> Parser:
     cmp_.add_argument("--force", action="store_true", help="compare even though the workloads differ")
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp_.set_defaults(func=cmd_compare)
+
+    gs = sub.add_parser("gpu-sample", help="sample this machine's GPUs with NVML for a while (checks telemetry works)",
+                        description="Sample utilisation, memory, power and clocks of every GPU into a JSONL file and "
+                                    "print per-GPU averages and energy.")
+    gs.add_argument("--duration", type=duration, default=10.0, help="how long to sample (default 10s)")
+    gs.add_argument("--interval", type=duration, default=0.2, help="sampling period (default 200ms)")
+    gs.add_argument("--out", default="gpu.jsonl", help="output JSONL file (default gpu.jsonl)")
+    gs.set_defaults(func=cmd_gpu_sample)
 
     scen = sub.add_parser("scenarios", help="list the scenario files, or show one",
                           description="List the shipped scenarios with descriptions, or print one (`show NAME`).")
@@ -290,6 +299,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         Path(args.html).write_text(compare_report(runs, diffs), encoding="utf-8")
         print(f"report: {args.html}", file=sys.stderr)
+    return 0
+
+
+def cmd_gpu_sample(args: argparse.Namespace) -> int:
+    import time
+
+    from tabulate import tabulate
+
+    from loadgen.telemetry import GPUSampler, nvml_unavailable_reason, read_gpu_samples
+    from loadgen.timeseries import energy_joules
+
+    reason = nvml_unavailable_reason()
+    if reason:
+        raise LoadgenError(f"cannot sample GPUs: {reason}")
+    out = Path(args.out)
+    if out.exists():
+        raise LoadgenError(f"{out} exists; choose another --out")
+    sampler = GPUSampler(out, args.interval)
+    sampler.start()
+    time.sleep(args.duration)
+    sampler.stop()
+    if sampler.error:
+        raise LoadgenError(f"GPU sampling failed: {sampler.error}")
+    samples = read_gpu_samples(out)
+    rows = []
+    for gpu in sorted({s["gpu"] for s in samples}):
+        mine = [s for s in samples if s["gpu"] == gpu]
+        energy = energy_joules([(s["t_s"], s["power_w"]) for s in mine])
+        rows.append([gpu, mine[0]["name"], len(mine), f"{sum(s['util_pct'] for s in mine) / len(mine):.0f}",
+                     f"{max(s['power_w'] for s in mine):.0f}", f"{energy:.0f}",
+                     f"{max(s['mem_used_mib'] for s in mine):,.0f}", f"{max(s['sm_clock_mhz'] for s in mine)}"])
+    print(tabulate(rows, headers=["gpu", "name", "samples", "mean util %", "max W", "energy J", "max MiB", "max SM MHz"]))
+    print(out)
     return 0
 
 
