@@ -23,7 +23,7 @@ h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f4f4f4}td.k,th.k{text-align:left}.banner{background:#b00020;color:#fff;padding:8px 12px;
 font-weight:bold;border-radius:4px}.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}
-.grid img{max-width:620px;border:1px solid #eee}.warn{color:#8a4b00}code{font-size:12px;word-break:break-all}
+.grid img{max-width:620px;border:1px solid #eee}figcaption{font-size:12px;color:#555}.warn{color:#8a4b00}code{font-size:12px;word-break:break-all}
 """
 SIM_BANNER = ("SIMULATED: every timing on this page comes from dissect's engine model "
               "(--backend sim), not from a real GPU.")
@@ -33,7 +33,8 @@ def _img(png: bytes, alt: str, save_to: Path | None = None) -> str:
     if save_to is not None:
         save_to.write_bytes(png)
     data = base64.b64encode(png).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 
 
 def _kv_table(rows: list[tuple[str, object]]) -> str:
@@ -118,13 +119,13 @@ def run_report(run_dir: Path, data: RunData, records: list[RequestRecord]) -> st
     plot_dir.mkdir(exist_ok=True)
     figs = [
         _img(plots.cdf({"TTFT": [v for r in ok if (v := ttft_ms(r)) is not None]}, "ms", "TTFT distribution", sim),
-             "TTFT CDF", plot_dir / "ttft_cdf.png"),
+             "TTFT distribution", plot_dir / "ttft_cdf.png"),
         _img(plots.cdf({"TPOT": [v for r in ok if (v := tpot_ms(r)) is not None]}, "ms", "TPOT distribution", sim),
-             "TPOT CDF", plot_dir / "tpot_cdf.png"),
+             "TPOT distribution", plot_dir / "tpot_cdf.png"),
         _img(plots.cdf({"ITL": [g for r in ok for g in itl_ms(r)]}, "ms", "Inter-token latency distribution", sim),
-             "ITL CDF", plot_dir / "itl_cdf.png"),
+             "Inter-token latency distribution", plot_dir / "itl_cdf.png"),
         _img(plots.cdf({"E2EL": [e2el_ms(r) for r in ok]}, "ms", "End-to-end latency distribution", sim),
-             "E2EL CDF", plot_dir / "e2el_cdf.png"),
+             "End-to-end latency distribution", plot_dir / "e2el_cdf.png"),
     ]
     width = timeseries.auto_width(records)
     edges = timeseries.bin_edges(records, width)
@@ -132,20 +133,20 @@ def run_report(run_dir: Path, data: RunData, records: list[RequestRecord]) -> st
     sent = np.array([r.sent_s for r in ok])
     figs.append(_img(plots.timeline(mids, {}, "ms", "Latency over time (by send time)", sim, scatter={
         "TTFT": (sent, np.array([ttft_ms(r) for r in ok])), "E2EL": (sent, np.array([e2el_ms(r) for r in ok]))}),
-        "latency over time", plot_dir / "latency_time.png"))
+        "Latency over time", plot_dir / "latency_time.png"))
     figs.append(_img(plots.timeline(mids, {"offered": timeseries.offered_rate(records, edges),
                                            "achieved (completed)": timeseries.achieved_rate(records, edges)},
                                     "requests/s", f"Offered and achieved rate ({width:g} s bins)", sim),
-                     "rates", plot_dir / "rates.png"))
+                     "Offered and achieved rate", plot_dir / "rates.png"))
     figs.append(_img(plots.timeline(mids, {"in flight": timeseries.in_flight(records, mids)}, "requests",
-                                    "Requests in flight", sim), "in flight", plot_dir / "in_flight.png"))
+                                    "Requests in flight", sim), "Requests in flight", plot_dir / "in_flight.png"))
     figs.append(_img(plots.timeline(mids, {"output tokens/s": timeseries.output_token_rate(records, edges)},
                                     "tokens/s", f"Output-token throughput ({width:g} s bins)", sim),
-                     "token throughput", plot_dir / "tokens_time.png"))
+                     "Output-token throughput", plot_dir / "tokens_time.png"))
     server = _server_metrics(run_dir / "server_metrics.jsonl")
     if server:
         figs.append(_img(plots.timeline(server[0], server[1], "value", "Server metrics (scraped)", sim),
-                         "server metrics", plot_dir / "server_metrics.png"))
+                         "Server metrics", plot_dir / "server_metrics.png"))
     gpu = read_gpu_samples(run_dir / "gpu.jsonl", data.run.get("origin_perf_counter_ns"))
     if gpu:
         for key, label in (("power_w", "W"), ("util_pct", "%"), ("mem_used_mib", "MiB")):
@@ -154,7 +155,7 @@ def run_report(run_dir: Path, data: RunData, records: list[RequestRecord]) -> st
                 by_gpu.setdefault(f"GPU {s['gpu']}", []).append((s["t_s"], s[key]))
             lines = {k: np.array([v for _, v in pts]) for k, pts in by_gpu.items()}
             x = np.array([t for t, _ in next(iter(by_gpu.values()))])
-            figs.append(_img(plots.timeline(x, lines, label, f"GPU {key} (NVML)", False), f"gpu {key}",
+            figs.append(_img(plots.timeline(x, lines, label, f"GPU {key} (NVML)", False), f"GPU {key}",
                              plot_dir / f"gpu_{key}.png"))
     title = f"loadgen run {run_dir.name}"
     body = ("<h2>Configuration and environment</h2>" + config_section(data.run) + "<h2>Summary</h2>"
@@ -198,16 +199,16 @@ def sweep_report(sweep_dir: Path, sweep: dict) -> str:
 
     figs = [
         _img(plots.sweep_curves(x, {"output tok/s": tput}, xlabel, "output tokens/s", "Throughput vs load", sim,
-                                mark, label), "throughput", plot_dir / "throughput.png"),
+                                mark, label), "Throughput vs load", plot_dir / "throughput.png"),
         _img(plots.sweep_curves(tput, {"TTFT p50": pct("ttft_ms", "p50"), "TTFT p99": pct("ttft_ms", "p99")},
-                                "output tokens/s", "ms", "TTFT vs throughput", sim), "ttft vs throughput",
+                                "output tokens/s", "ms", "TTFT vs throughput", sim), "TTFT vs throughput",
              plot_dir / "ttft_throughput.png"),
         _img(plots.sweep_curves(tput, {"TPOT p50": pct("tpot_ms", "p50"), "TPOT p99": pct("tpot_ms", "p99")},
-                                "output tokens/s", "ms", "TPOT vs throughput", sim), "tpot vs throughput",
+                                "output tokens/s", "ms", "TPOT vs throughput", sim), "TPOT vs throughput",
              plot_dir / "tpot_throughput.png"),
         _img(plots.sweep_curves(x, {"goodput req/s": [(p.get("goodput") or {}).get("requests_per_s") for p in points],
                                     "achieved req/s": [p["throughput"]["requests_per_s"] for p in points]},
-                                xlabel, "requests/s", "Goodput vs load", sim, mark, label), "goodput",
+                                xlabel, "requests/s", "Goodput vs load", sim, mark, label), "Goodput vs load",
              plot_dir / "goodput.png"),
     ]
     body = _table(["load", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "E2EL p50",
@@ -235,9 +236,9 @@ def compare_report(runs: list[RunData], diffs: list[str]) -> str:
     figs = []
     for label, fn in (("TTFT", ttft_ms), ("TPOT", tpot_ms), ("E2EL", e2el_ms)):
         series = {name: [v for x in recs if (v := fn(x)) is not None] for name, recs in records.items()}
-        figs.append(_img(plots.cdf(series, "ms", f"{label} distribution", sim), f"{label} CDF"))
+        figs.append(_img(plots.cdf(series, "ms", f"{label} distribution", sim), f"{label} distribution"))
     series = {name: [g for x in recs for g in itl_ms(x)] for name, recs in records.items()}
-    figs.append(_img(plots.cdf(series, "ms", "ITL distribution", sim), "ITL CDF"))
+    figs.append(_img(plots.cdf(series, "ms", "ITL distribution", sim), "ITL distribution"))
     body += '<h2>Overlaid distributions</h2><div class="grid">' + "".join(figs) + "</div>"
     return _page("loadgen compare: " + " vs ".join(r.name for r in runs), sim, body)
 
