@@ -1,0 +1,5 @@
+import sys
+
+from training_bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,287 @@
+"""`python -m training_bench`: micro-benchmarks of operators and communication, layer breakdowns, profiles.
+
+User mistakes print one line naming the fix and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from scenarios.catalog import CatalogError, get_gpu, get_model
+from training_bench.errors import BenchError
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 1,2,4,8") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers")
+    return values
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        b, sep, c = part.partition("x")
+        if not sep or not b.strip().isdigit() or not c.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"{part!r}: write BATCHxCONTEXT, e.g. 8x2048")
+        out.append((int(b), int(c)))
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="7b", help="catalog model whose shapes are used (default 7b)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="element type (default bf16)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="default: cuda when available")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
+    p.add_argument("--reps", type=int, default=30, help="timed repetitions per operator (default 30)")
+    p.add_argument("--out", help="write the results as JSON to this file")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m training_bench",
+                    description="Where the time goes in LLM training and serving: operator and communication "
+                                "micro-benchmarks at real model shapes.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    micro = sub.add_parser("micro", help="operator and communication micro-benchmarks")
+    msub = micro.add_subparsers(dest="what", metavar="WHAT", parser_class=Parser)
+    msub.required = True
+
+    ops = msub.add_parser("ops", help="every operator of a layer at the model's shapes (prefill and decode)")
+    _common(ops)
+    ops.add_argument("--only", default="gemm,attention,norm,rope,activation,softmax,embedding",
+                     help="operator groups: gemm, attention, norm, rope, activation, softmax, embedding")
+    ops.add_argument("--attn", default="eager,sdpa-flash,sdpa-efficient,sdpa-cudnn,sdpa-math",
+                     help="attention implementations to time (unavailable ones are reported as skipped)")
+    ops.add_argument("--prefill-batch", type=int, default=8, help="sequences per prefill (default 8)")
+    ops.add_argument("--seq-len", type=int, default=2048, help="prefill sequence length (default 2048)")
+    ops.add_argument("--decode-batch", type=int, default=64, help="sequences per decode step (default 64)")
+    ops.add_argument("--context", type=int, default=2048, help="KV-cache length for decode attention (default 2048)")
+    ops.add_argument("--tp", type=int, default=1, help="time the tensor-parallel shards of this degree (default 1)")
+    ops.add_argument("--backward", action="store_true", help="also time forward+backward (training) for prefill")
+    ops.add_argument("--gemm-size", type=int, default=None, help="ceiling GEMM N (default 8192 on GPU, 512 on CPU)")
+    ops.add_argument("--copy-size", default=None, help="ceiling copy size (default 1G on GPU, 64M on CPU)")
+    ops.set_defaults(func=cmd_ops)
+
+    comm = msub.add_parser("comm", help="collectives across the processes torchrun started")
+    comm.add_argument("--ops", default="all_reduce,all_gather,reduce_scatter,broadcast,all_to_all,send_recv",
+                      help="collectives to time")
+    comm.add_argument("--sizes", default="1K-1G", help="message sizes: a range of powers of two (1K-1G) or a list")
+    comm.add_argument("--warmup", type=int, default=5)
+    comm.add_argument("--iters", type=int, default=20, help="timed calls per size (default 20)")
+    comm.add_argument("--out", help="write the results as JSON (rank 0)")
+    comm.set_defaults(func=cmd_comm)
+
+    layer = msub.add_parser("layer", help="one layer's time split into attention, MLP, norms and communication")
+    _common(layer)
+    layer.add_argument("--tp", type=_ints, default=[1, 2, 4, 8], help="tensor-parallel degrees (default 1,2,4,8)")
+    layer.add_argument("--phase", choices=["prefill", "decode"], default="prefill")
+    layer.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
+    layer.add_argument("--seq-len", type=int, default=2048, help="prefill length, or decode context (default 2048)")
+    layer.add_argument("--attn", default="sdpa-flash", help="attention implementation (default sdpa-flash)")
+    layer.add_argument("--comm", help="results JSON of `micro comm` to take all-reduce times from")
+    layer.add_argument("--gpu", default="h100", help="catalog GPU whose link bandwidth estimates communication "
+                                                     "when --comm is not given (default h100)")
+    layer.set_defaults(func=cmd_layer)
+
+    prof = msub.add_parser("profile", help="measure ceilings and operator cost tables for the simulated engine")
+    _common(prof)
+    prof.add_argument("--gpu", default=None, help="catalog GPU this profile stands for (recorded; default: none)")
+    prof.add_argument("--tokens", type=_ints, default=[1, 4, 16, 64, 256, 1024, 4096, 16384],
+                      help="token counts for the per-layer operator tables")
+    prof.add_argument("--prefill-seqs", type=_ints, default=[128, 512, 2048, 4096],
+                      help="sequence lengths for prefill attention")
+    prof.add_argument("--decode", type=_pairs, default=[(1, 512), (8, 2048), (32, 2048), (128, 2048), (256, 4096)],
+                      help="BATCHxCONTEXT points for decode attention")
+    prof.add_argument("--attn", default="sdpa-flash", help="attention implementation (default sdpa-flash)")
+    prof.add_argument("--gemm-size", type=int, default=None)
+    prof.add_argument("--copy-size", default=None)
+    prof.set_defaults(func=cmd_profile)
+    return parser
+
+
+def _device(args):
+    import torch
+
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise BenchError("--device cuda, but no CUDA GPU is visible; use --device cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _dtype(args):
+    import torch
+
+    return getattr(torch, DTYPES[args.dtype])
+
+
+def _ceiling_sizes(args, device) -> tuple[int, int]:
+    from training_bench.comm import parse_size
+
+    gemm = args.gemm_size or (8192 if device.type == "cuda" else 512)
+    copy = parse_size(args.copy_size) if args.copy_size else (2**30 if device.type == "cuda" else 64 * 2**20)
+    return gemm, copy
+
+
+def _write(args, data: dict) -> None:
+    if args.out:
+        Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _fmt(v, digits=1) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from training_bench import ops as O
+    from training_bench.ceilings import copy_ceiling, gemm_ceiling
+    from training_bench.profile import device_name
+
+    model = get_model(args.model)
+    only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+    bad = [g for g in only if g not in O.GROUPS]
+    if bad:
+        raise BenchError(f"unknown operator group(s) {', '.join(bad)}; choose from {', '.join(O.GROUPS)}")
+    impls = tuple(x.strip() for x in args.attn.split(",") if x.strip())
+    bad = [i for i in impls if i not in O.ATTENTION_IMPLS]
+    if bad:
+        raise BenchError(f"unknown attention implementation(s) {', '.join(bad)}; choose from {', '.join(O.ATTENTION_IMPLS)}")
+    device, dtype = _device(args), _dtype(args)
+    gemm_n, copy_bytes = _ceiling_sizes(args, device)
+    gemm = gemm_ceiling(device, dtype, gemm_n, args.warmup, args.reps)
+    copy = copy_ceiling(device, copy_bytes, args.warmup, args.reps)
+    cases = O.op_cases(model, args.prefill_batch, args.seq_len, args.decode_batch, args.context, args.tp, only, impls,
+                       args.backward, phases=("prefill", "decode") + (() if not args.backward else ()))
+    rows = []
+    for case in cases:
+        r = O.run_case(case, device, dtype, args.warmup, args.reps)
+        rows.append(r.as_dict(gemm["tflops"], copy["gbs"]))
+    table = [[r["phase"], r["name"], r["shape"], _fmt(r.get("median_ms"), 3), _fmt(r.get("p90_ms"), 3),
+              _fmt(r.get("tflops")), _fmt(r.get("gbs")), r.get("bound") or "-",
+              "-" if r.get("fraction_of_ceiling") is None else f"{r['fraction_of_ceiling']:.0%}",
+              r.get("skipped", "")[:60]] for r in rows]
+    print(f"{device_name(device)}, {args.dtype}, {model.name} shapes (tp {args.tp}); ceilings: GEMM "
+          f"{gemm['tflops']:.1f} TFLOP/s ({gemm['op']}), copy {copy['gbs']:.1f} GB/s ({copy['op']}, read+write)")
+    print(tabulate(table, headers=["phase", "op", "shape", "median ms", "p90 ms", "TFLOP/s", "GB/s", "bound",
+                                   "of ceiling", "skipped"], disable_numparse=True))
+    _write(args, {"device": device_name(device), "model": model.name, "dtype": args.dtype, "tp": args.tp,
+                  "prefill": {"batch": args.prefill_batch, "seq_len": args.seq_len},
+                  "decode": {"batch": args.decode_batch, "context": args.context},
+                  "ceilings": {"gemm": gemm, "copy": copy}, "ops": rows, "command": sys.argv})
+    return 0
+
+
+def cmd_comm(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+    from tabulate import tabulate
+
+    from training_bench.comm import OPS, bench_collective, init_from_env, parse_sizes
+
+    ops = [x.strip() for x in args.ops.split(",") if x.strip()]
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        raise BenchError(f"unknown collective(s) {', '.join(bad)}; choose from {', '.join(OPS)}")
+    sizes = parse_sizes(args.sizes)
+    rank, world, device = init_from_env()
+    try:
+        results = [bench_collective(op, size, rank, world, device, args.warmup, args.iters)
+                   for op in ops for size in sizes if not (op == "send_recv" and world < 2)]
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        table = [[r["op"], f"{r['bytes']:,}", _fmt(r["time_us"]), _fmt(r["algbw_gbs"], 2), _fmt(r["busbw_gbs"], 2)]
+                 for r in results]
+        print(f"{world} ranks, backend {results[0]['backend'] if results else '-'}")
+        print(tabulate(table, headers=["collective", "bytes", "time us", "algbw GB/s", "busbw GB/s"],
+                       disable_numparse=True))
+        _write(args, {"world": world, "device": str(device), "results": results, "command": sys.argv})
+    return 0
+
+
+def cmd_layer(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from training_bench import layer as L
+    from training_bench import ops as O
+    from training_bench.profile import device_name
+
+    model = get_model(args.model)
+    device, dtype = _device(args), _dtype(args)
+    comm_results = json.loads(Path(args.comm).read_text())["results"] if args.comm else None
+    breakdowns = []
+    for t in args.tp:
+        phase_tokens = args.batch * args.seq_len if args.phase == "prefill" else args.batch
+        cases = O.op_cases(model, args.batch, args.seq_len, args.batch, args.seq_len, t,
+                           only=("gemm", "attention", "norm", "rope", "activation"), attention_impls=(args.attn,),
+                           phases=(args.phase,))
+        rows = [O.run_case(c, device, dtype, args.warmup, args.reps).as_dict() for c in cases if c.name != "lm_head"]
+        comm = (L.comm_from_results(comm_results, t) if comm_results else None) or L.comm_from_catalog(get_gpu(args.gpu))
+        breakdowns.append({**L.layer_breakdown(rows, model, phase_tokens, t, comm), "ops": rows})
+    table = [[b["tp"], *(f"{b['per_layer_ms'][k]:.3f} ({b['share'][k]:.0%})" for k in
+                         ("attention", "mlp", "norms", "communication")), f"{b['layer_ms']:.3f}",
+              f"{b['model_layers_ms']:.1f}"] for b in breakdowns]
+    print(f"{device_name(device)}, {model.name}, {args.phase}, batch {args.batch} x {args.seq_len}, per layer "
+          f"(ms and share); communication: {breakdowns[0]['communication_source']}")
+    print(tabulate(table, headers=["TP", "attention", "MLP", "norms", "communication", "layer ms",
+                                   f"{model.num_layers} layers ms"], disable_numparse=True))
+    _write(args, {"device": device_name(device), "model": model.name, "phase": args.phase, "batch": args.batch,
+                  "seq_len": args.seq_len, "breakdowns": breakdowns, "command": sys.argv})
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from training_bench.profile import build_profile
+
+    model = get_model(args.model)
+    if args.gpu:
+        get_gpu(args.gpu)
+    device, dtype = _device(args), _dtype(args)
+    gemm_n, copy_bytes = _ceiling_sizes(args, device)
+    profile = build_profile(model, device, dtype, args.tokens, args.prefill_seqs, args.decode, args.attn, gemm_n,
+                            copy_bytes, args.warmup, args.reps, get_gpu(args.gpu).key if args.gpu else None,
+                            progress=lambda msg: print(f"profile: {msg}", file=sys.stderr))
+    profile["command"] = sys.argv
+    c = profile["ceilings"]
+    print(f"{profile['device']}: GEMM {c['gemm']['tflops']:.1f} TFLOP/s, copy {c['copy']['gbs']:.1f} GB/s; "
+          f"{sum(len(v.get('seconds', [])) for v in profile['ops'].values())} operator points")
+    if not args.out:
+        args.out = "profile.json"
+    _write(args, profile)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (BenchError, CatalogError) as exc:
+        print(f"training_bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("training_bench: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"training_bench: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

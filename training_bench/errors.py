@@ -1,0 +1,2 @@
+class BenchError(RuntimeError):
+    """A configuration the user can fix (unsupported on this device, impossible shape); the message names the fix."""
