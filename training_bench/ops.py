@@ -223,39 +223,41 @@ def op_cases(model: ModelSpec, prefill_batch: int, seq_len: int, decode_batch: i
                              f"from the divisors of {n}")
     heads, kv_heads = model.num_heads // tp, model.num_kv_heads // tp
     cases: list[OpCase] = []
-    for phase in phases:
+    runs = [(p, False) for p in phases] + ([("prefill", True)] if backward and "prefill" in phases else [])
+    for phase, bwd in runs:
         tokens = prefill_batch * seq_len if phase == "prefill" else decode_batch
-        bwd = backward and phase == "prefill"
-        if "gemm" in only:
+        groups = only if not bwd else tuple(g for g in only if g in ("gemm", "attention"))
+        if "gemm" in groups:
             cases += [
                 _linear_case("qkv", phase, tokens, h, (heads + 2 * kv_heads) * hd, bwd),
                 _linear_case("o_proj", phase, tokens, heads * hd, h, bwd),
                 _linear_case("gate_up", phase, tokens, h, 2 * inter // tp, bwd),
                 _linear_case("down", phase, tokens, inter // tp, h, bwd),
-                _linear_case("lm_head", phase, prefill_batch if phase == "prefill" else decode_batch, h,
-                             model.vocab_size // tp, False),
             ]
-        if "attention" in only:
+            if not bwd:
+                cases.append(_linear_case("lm_head", phase, prefill_batch if phase == "prefill" else decode_batch, h,
+                                          model.vocab_size // tp, False))
+        if "attention" in groups:
             for impl in attention_impls:
                 if phase == "prefill":
                     cases.append(_attention_case(impl, phase, prefill_batch, heads, kv_heads, seq_len, seq_len, hd, bwd))
                 else:
                     cases.append(_attention_case(impl, phase, decode_batch, heads, kv_heads, 1, context, hd, False))
-        if "norm" in only:
+        if "norm" in groups:
             cases.append(_elementwise_case("rmsnorm", "norm", phase, tokens, fl.rmsnorm(tokens, h),
                                            _rmsnorm(tokens, h, model.rms_norm_eps), f"[{tokens}x{h}]"))
-        if "rope" in only:
+        if "rope" in groups:
             cases.append(_elementwise_case("rope", "rope", phase, tokens, fl.rope(tokens, heads, kv_heads, hd),
                                            _rope(tokens, heads, kv_heads, hd), f"q[{tokens}x{heads}x{hd}] k[..x{kv_heads}x..]"))
-        if "activation" in only:
+        if "activation" in groups:
             cases.append(_elementwise_case("silu_mul", "activation", phase, tokens, fl.silu_mul(tokens, inter // tp),
                                            _silu_mul(tokens, inter // tp), f"[{tokens}x{inter // tp}]"))
-        if "softmax" in only:
+        if "softmax" in groups:
             rows = prefill_batch * heads * seq_len if phase == "prefill" else decode_batch * heads
             cols = seq_len if phase == "prefill" else context
             cases.append(_elementwise_case("softmax", "softmax", phase, tokens, fl.softmax(rows, cols),
                                            _softmax(rows, cols), f"[{rows}x{cols}]"))
-        if "embedding" in only:
+        if "embedding" in groups:
             cases.append(_elementwise_case("embedding", "embedding", phase, tokens, fl.embedding(tokens, h),
                                            _embedding(tokens, model.vocab_size, h), f"{tokens} of [{model.vocab_size}x{h}]"))
     return cases
