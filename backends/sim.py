@@ -24,12 +24,14 @@ import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
 
 from backends import eventloop
 from backends.errors import BackendError
+from backends.profile_cost import Profile
 from backends.roofline import EngineCostParams, iteration_cost, memory_plan
 from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
 from scenarios.catalog import CatalogError, GPUSpec, ModelSpec, get_gpu, get_model
@@ -74,10 +76,23 @@ class SimConfig:
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     cost: EngineCostParams = field(default_factory=EngineCostParams)
+    profile: Profile | None = None
 
     @property
     def name(self) -> str:
         return self.served_model_name or self.model.name
+
+    @property
+    def cost_model(self) -> str:
+        if self.profile is not None:
+            return self.profile.describe(self.model)
+        return (f"roofline from catalog datasheet peaks ({self.gpu.name}: {self.gpu.peak_bf16_tflops:g} TFLOP/s, "
+                f"{self.gpu.hbm_bandwidth_gbs:g} GB/s) with documented efficiencies")
+
+    def step_seconds(self, work) -> float:
+        if self.profile is not None:
+            return self.profile.iteration_cost(self.model, self.gpu, self.tp, work, self.cost).seconds
+        return iteration_cost(self.model, self.gpu, self.tp, work, self.cost).seconds
 
 
 @dataclass
@@ -162,7 +177,7 @@ class SimEngine:
                 due = time.perf_counter()
                 continue
             plan = self.scheduler.schedule()
-            seconds = iteration_cost(cfg.model, cfg.gpu, cfg.tp, (s.work() for s in plan), cfg.cost).seconds
+            seconds = cfg.step_seconds([s.work() for s in plan])
             due = max(due, time.perf_counter()) + seconds
             remaining = due - time.perf_counter()
             if remaining > 0:
@@ -229,6 +244,7 @@ class SimServer:
                 "max_num_seqs": cfg.max_num_seqs,
                 "max_batched_tokens": cfg.max_batched_tokens,
                 "cost_params": asdict(cfg.cost),
+                "cost_model": cfg.cost_model,
                 "clock": "time.perf_counter_ns (CLOCK_MONOTONIC)",
             }
         )
@@ -382,9 +398,10 @@ class SimServer:
         )
 
 
-def build_config(model: str, gpu: str, tp: int, **kwargs) -> SimConfig:
+def build_config(model: str, gpu: str, tp: int, profile: str | None = None, **kwargs) -> SimConfig:
     """Resolve catalog names and check the model fits; raises BackendError/CatalogError for user mistakes."""
-    config = SimConfig(model=get_model(model), gpu=get_gpu(gpu), tp=tp, **kwargs)
+    config = SimConfig(model=get_model(model), gpu=get_gpu(gpu), tp=tp,
+                       profile=Profile.load(profile) if profile else None, **kwargs)
     if tp < 1:
         raise BackendError(f"--gpus must be at least 1, got {tp}")
     try:
@@ -409,6 +426,9 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
                         help="token budget per iteration, prefill chunks included (default: 8192)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                         help="fraction of GPU memory for weights + KV cache (default: 0.9)")
+    parser.add_argument("--profile", default=None,
+                        help="hardware profile JSON from `python -m training_bench micro profile`: step times from "
+                             "measured operators instead of catalog peaks")
 
 
 def serve(config: SimConfig, host: str, port: int) -> None:
@@ -447,10 +467,11 @@ def _exit_when_orphaned() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def launch_argv(model: str, gpu: str, gpus: int, host: str, port: int, extra: list[str] | None = None) -> list[str]:
+def launch_argv(model: str, gpu: str, gpus: int, host: str, port: int, profile: str | None = None) -> list[str]:
     """How loadgen starts the sim: a separate process, so its work never competes with the client's event loop."""
+    extra = ["--profile", str(Path(profile).resolve())] if profile else []
     return [sys.executable, "-m", "backends.sim", "--model", model, "--gpu", gpu, "--gpus", str(gpus),
-            "--host", host, "--port", str(port), "--exit-with-parent", *(extra or [])]
+            "--host", host, "--port", str(port), "--exit-with-parent", *extra]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -466,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(
             args.model, args.gpu, args.gpus, served_model_name=args.served_model_name,
             max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
-            gpu_memory_utilization=args.gpu_memory_utilization,
+            gpu_memory_utilization=args.gpu_memory_utilization, profile=args.profile,
         )
         serve(config, args.host, args.port)
     except (BackendError, CatalogError) as exc:

@@ -353,7 +353,7 @@ def cmd_serve_sim(args: argparse.Namespace) -> int:
     config = sim_backend.build_config(
         args.model, args.gpu, args.gpus, served_model_name=args.served_model_name,
         max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
-        gpu_memory_utilization=args.gpu_memory_utilization,
+        gpu_memory_utilization=args.gpu_memory_utilization, profile=args.profile,
     )
     try:
         sim_backend.serve(config, args.host, args.port)

@@ -98,6 +98,8 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     records = read_records(run_dir / "requests.jsonl")
     summary = summarize(records, slo, simulated=endpoint.simulated)
     summary["prompt_source"] = workload.prompt_source
+    if endpoint.simulated:
+        summary["sim_cost_model"] = (endpoint.info.get("sim") or {}).get("cost_model")
     summary["interrupted"] = outcome.interrupted
     summary["stopped_early"] = outcome.stopped_early
     if outcome.stopped_early:

@@ -46,13 +46,15 @@ def backend_name(opts: argparse.Namespace) -> str:
         raise LoadgenError("--backend openai needs --url of a running server, e.g. --url http://127.0.0.1:8000")
     if opts.url:
         check_url(opts.url)
+        if opts.profile:
+            raise LoadgenError("--profile sets the simulated engine's costs; it does not apply to --url")
         return "openai"
     return opts.backend or "sim"
 
 
 def sim_config(opts: argparse.Namespace) -> SimConfig:
     """Resolve and check the sim's model and GPUs before anything starts (a model that does not fit is a user error)."""
-    return sim_backend.build_config(opts.model or "7b", opts.gpu, opts.gpus)
+    return sim_backend.build_config(opts.model or "7b", opts.gpu, opts.gpus, profile=opts.profile)
 
 
 async def get_json(url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> dict | None:
@@ -80,7 +82,8 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
         if config is not None:
             port = find_free_port()
             url = f"http://127.0.0.1:{port}"
-            argv = sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1", port)
+            argv = sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1", port,
+                                           config.profile.path if config.profile else None)
             server = ServerProcess(argv, log_dir / "server.log", url + "/health",
                                    startup_timeout=opts.startup_timeout, name="simulated engine")
             server.start()

@@ -84,6 +84,7 @@ DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any] | None]] = {
     "api_key": (None, None),
     "ignore_eos": (True, None),
     "startup_timeout": (120.0, duration),
+    "profile": (None, str),
     "input_len": ("512", str),
     "output_len": ("128", str),
     "max_context": (None, positive_int),
@@ -148,6 +149,8 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     t.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_const", const=False,
                    help="let the server stop at EOS instead of forcing exactly --output-len tokens")
     t.add_argument("--startup-timeout", type=duration, help="sim only: wait this long for readiness (default 120s)")
+    t.add_argument("--profile", help="sim only: hardware profile JSON from `python -m training_bench micro profile`; "
+                                     "step times from measured operators instead of catalog peaks")
 
     w = p.add_argument_group("workload")
     w.add_argument("--input-len", help="prompt tokens: N, fixed:N, uniform:MIN,MAX, normal:MEAN,STD, "

@@ -18,6 +18,8 @@ def format_summary(summary: dict, run_dir: Path | None = None) -> str:
     lines: list[str] = []
     if summary.get("simulated"):
         lines.append("SIMULATED: timings come from dissect's engine model, not from a real GPU.")
+        if summary.get("sim_cost_model"):
+            lines.append(f"sim cost model: {summary['sim_cost_model']}")
     rows = []
     for label, key in METRICS:
         d = summary[key]
