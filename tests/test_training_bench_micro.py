@@ -188,3 +188,15 @@ def test_cpu_profile_round_trips_through_the_sim(tmp_path):
     assert summary["requests"]["completed"] == 10
     run = json.loads((out / "run.json").read_text())
     assert "--profile" in run["backend"]["launch_command"]
+
+
+def test_committed_h100_profile_drives_the_sim():
+    prof = Profile.load(ROOT / "results" / "h100-profile-7b.json")
+    model = get_model("7b")
+    assert prof.model == "llama-2-7b" and "H100" in prof.device and prof.gemm_tflops > 700
+    params = EngineCostParams()
+    one = prof.iteration_cost(model, get_gpu("h100"), 1, [SeqWork(1, 512, True)], params).seconds
+    many = prof.iteration_cost(model, get_gpu("h100"), 1, [SeqWork(1, 512, True)] * 64, params).seconds
+    prefill = prof.iteration_cost(model, get_gpu("h100"), 1, [SeqWork(2048, 0, True)], params).seconds
+    # a decode step cannot beat streaming the weights once (13.5 GB at the measured 3.0 TB/s)
+    assert model.weight_bytes() / (prof.copy_gbs * 1e9) < one < many < prefill
