@@ -81,6 +81,14 @@ def build_parser() -> Parser:
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp_.set_defaults(func=cmd_compare)
 
+    loc = sub.add_parser("locust", help="run Locust with LLM metrics (web UI, headless, master/worker)",
+                         description="Locust with loadgen's LLM user: TTFT, TPOT, ITL and E2E as Locust entries, and "
+                                     "the same run directory as `loadgen run`.")
+    from loadgen.locust_cli import add_locust_arguments, cmd_locust
+
+    add_locust_arguments(loc)
+    loc.set_defaults(func=cmd_locust)
+
     gs = sub.add_parser("gpu-sample", help="sample this machine's GPUs with NVML for a while (checks telemetry works)",
                         description="Sample utilisation, memory, power and clocks of every GPU into a JSONL file and "
                                     "print per-GPU averages and energy.")

@@ -37,6 +37,7 @@ class RequestRecord:
     http_status: int | None = None
     error: str | None = None
     response_id: str | None = None
+    worker: int | None = None  # Locust worker that sent it (distributed runs)
 
     @property
     def ok(self) -> bool:

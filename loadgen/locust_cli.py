@@ -1,0 +1,154 @@
+"""`loadgen locust`: run Locust with loadgen's LLM user, launching the backend like `loadgen run` does."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from backends.process import ServerProcess, find_free_port
+from loadgen.distributions import LengthDistribution
+from loadgen.errors import LoadgenError
+from loadgen.launch import backend_name, check_url, sim_config
+from loadgen.options import duration, positive_int
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+def add_locust_arguments(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group("target")
+    t.add_argument("--backend", choices=["sim", "openai"], help="sim (default without --url) or openai (with --url)")
+    t.add_argument("--url", help="base URL of a running OpenAI-compatible server")
+    t.add_argument("--model", help="sim: catalog model (default 7b); --url: model id (default: first listed)")
+    t.add_argument("--gpu", default="h100", help="sim only: catalog GPU (default h100)")
+    t.add_argument("--gpus", type=positive_int, default=1, help="sim only: GPUs / tensor parallelism (default 1)")
+    t.add_argument("--profile", default=None, help="sim only: measured hardware profile JSON")
+    t.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    t.add_argument("--startup-timeout", type=duration, default=120.0, help="sim only: readiness wait (default 120s)")
+    w = p.add_argument_group("workload")
+    w.add_argument("--input-len", default="512", help="prompt tokens (N, uniform:A,B, normal:M,S, lognormal:M,S)")
+    w.add_argument("--output-len", default="128", help="output tokens, same forms")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--timeout", type=duration, default=600.0, help="per-request limit (default 600s)")
+    lc = p.add_argument_group("locust")
+    lc.add_argument("--headless", action="store_true", help="no web UI; needs --users and --run-time")
+    lc.add_argument("--users", type=positive_int, help="concurrent users (closed loop)")
+    lc.add_argument("--spawn-rate", type=float, default=None, help="users started per second")
+    lc.add_argument("--run-time", help="stop after this long, e.g. 2m (headless)")
+    lc.add_argument("--web-host", default="127.0.0.1", help="web UI address (default 127.0.0.1)")
+    lc.add_argument("--web-port", type=int, default=8089, help="web UI port (default 8089)")
+    lc.add_argument("--master", action="store_true", help="run as Locust master (workers connect to it)")
+    lc.add_argument("--worker", action="store_true", help="run as a Locust worker of --master-host")
+    lc.add_argument("--master-host", default="127.0.0.1", help="master address for --worker")
+    lc.add_argument("--master-port", type=int, default=5557, help="master port (default 5557)")
+    lc.add_argument("--workers", type=int, default=0, help="start N local worker processes (multi-core load)")
+    lc.add_argument("--output", help="run directory for requests.jsonl, summary.json and Locust's CSVs")
+    lc.add_argument("--print-locustfile", action="store_true", help="print the locustfile's path and exit")
+
+
+def cmd_locust(args: argparse.Namespace) -> int:
+    if args.print_locustfile:
+        print(LOCUSTFILE)
+        return 0
+    try:
+        import locust  # noqa: F401
+    except ImportError:
+        raise LoadgenError("`loadgen locust` needs Locust: pip install -e '.[locust]' (or pip install locust)") from None
+    LengthDistribution.parse(args.input_len, "--input-len")
+    LengthDistribution.parse(args.output_len, "--output-len")
+    if args.master and args.worker:
+        raise LoadgenError("--master and --worker exclude each other")
+    if args.headless and not (args.users and args.run_time):
+        raise LoadgenError("--headless needs --users N and --run-time (e.g. --users 64 --run-time 2m)")
+    if args.workers < 0:
+        raise LoadgenError("--workers must be 0 or more")
+    if args.run_time:
+        duration(args.run_time)
+    args.ignore_eos = True
+    args.max_context = None
+    worker_only = args.worker
+    backend = "openai" if worker_only and args.url else backend_name(args)
+    config = sim_config(args) if backend == "sim" and not worker_only else None
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.output or f"results/{stamp}-locust-{backend}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    procs: list[subprocess.Popen] = []
+    try:
+        if config is not None:
+            port = find_free_port()
+            url = f"http://127.0.0.1:{port}"
+            from backends import sim as sim_backend
+
+            server = ServerProcess(sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1",
+                                                           port, config.profile.path if config.profile else None),
+                                   run_dir / "server.log", url + "/health", startup_timeout=args.startup_timeout,
+                                   name="simulated engine")
+            server.start()
+            import asyncio
+
+            asyncio.run(server.wait_ready())
+            model = config.model.name
+            max_context = config.model.max_context
+        else:
+            url = check_url(args.url) if args.url else "http://127.0.0.1:8000"
+            model = args.model
+            max_context = 4096
+        base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url,
+                "--loadgen-endpoint", args.endpoint, "--loadgen-input-len", args.input_len,
+                "--loadgen-output-len", args.output_len, "--loadgen-seed", str(args.seed),
+                "--loadgen-timeout", str(args.timeout), "--loadgen-max-context", str(max_context)]
+        if model:
+            base += ["--loadgen-model", model]
+        if config is not None:
+            base += ["--loadgen-simulated"]
+        if args.worker:
+            cmd = base + ["--worker", "--master-host", args.master_host, "--master-port", str(args.master_port)]
+            return _wait(subprocess.Popen(cmd), procs)
+        cmd = base + ["--loadgen-run-dir", str(run_dir), "--csv", str(run_dir / "locust"),
+                      "--web-host", args.web_host, "--web-port", str(args.web_port)]
+        if args.headless:
+            cmd += ["--headless", "--users", str(args.users), "--run-time", args.run_time,
+                    "--spawn-rate", str(args.spawn_rate or args.users)]
+        elif args.users:
+            cmd += ["--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users)]
+        if args.master or args.workers:
+            cmd += ["--master", "--master-bind-host", "127.0.0.1" if args.workers and not args.master else "*",
+                    "--master-bind-port", str(args.master_port)]
+            if args.workers:
+                cmd += ["--expect-workers", str(args.workers)]
+        master = subprocess.Popen(cmd)
+        procs.append(master)
+        time.sleep(1.0)
+        for _ in range(args.workers):
+            procs.append(subprocess.Popen(base + ["--worker", "--master-host", "127.0.0.1",
+                                                  "--master-port", str(args.master_port)]))
+        code = _wait(master, procs)
+        print(f"results: {run_dir}", file=sys.stderr)
+        return code
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if server is not None:
+            server.stop()
+
+
+def _wait(main: subprocess.Popen, procs: list[subprocess.Popen]) -> int:
+    if main not in procs:
+        procs.append(main)
+    try:
+        return main.wait()
+    except KeyboardInterrupt:
+        main.send_signal(signal.SIGINT)
+        return main.wait()

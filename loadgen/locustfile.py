@@ -1,0 +1,262 @@
+"""Locust integration: LLM metrics in Locust's statistics, charts, failures and CSV, from the same workload,
+protocol and timing code as `loadgen run`.
+
+Use it through `loadgen locust ...`, or as a plain locustfile: `locust -f <path of this file> --host URL`
+(`loadgen locust --print-locustfile` prints the path). Each Locust process runs one asyncio event loop in a
+real OS thread; a user's greenlet hands it `loadgen.client.send_request` and waits cooperatively, so requests
+are timed exactly as in `loadgen run`. Every finished request becomes Locust entries of type LLM: `ttft`,
+`tpot`, `itl` (one per inter-token gap) and `e2e` (which carries failures, with their reason). Records go to
+the master (or the local runner), which writes requests.jsonl and, when the test stops, summary.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.monkey import get_original
+from locust import User, constant, events, task
+from locust.runners import MasterRunner, WorkerRunner
+
+from backends.openai_protocol import OpenAIProtocol
+from loadgen.client import Target, make_session, send_request
+from loadgen.distributions import LengthDistribution
+from loadgen.metrics import itl_ms, summarize, tpot_ms, ttft_ms
+from loadgen.records import RecordWriter, RequestRecord, read_records
+from loadgen.rundir import environment, utc_now, write_json
+from loadgen.workload import Workload
+
+RECORDS_MESSAGE = "loadgen_records"
+
+
+class RequestFailed(Exception):
+    """Carries a failed request's status and reason into Locust's failures tab."""
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    g = parser.add_argument_group("loadgen")
+    g.add_argument("--loadgen-model", default=None, help="model id to request (default: the first /v1/models lists)")
+    g.add_argument("--loadgen-endpoint", choices=["completions", "chat"], default="completions")
+    g.add_argument("--loadgen-input-len", default="512", help="prompt tokens (loadgen distribution forms)")
+    g.add_argument("--loadgen-output-len", default="128", help="output tokens (loadgen distribution forms)")
+    g.add_argument("--loadgen-max-context", type=int, default=4096)
+    g.add_argument("--loadgen-seed", type=int, default=0)
+    g.add_argument("--loadgen-timeout", type=float, default=600.0, help="per-request limit in seconds")
+    g.add_argument("--loadgen-run-dir", default="", help="write requests.jsonl and summary.json here")
+    g.add_argument("--loadgen-simulated", action="store_true", help=__import__("argparse").SUPPRESS)
+
+
+class AsyncBridge:
+    """One asyncio loop in a real OS thread per Locust process, shared by its users."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.session = None
+        self.origin_ns = time.perf_counter_ns()
+        self.origin_wall = time.time()
+        ready = get_original("threading", "Event")()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.session = make_session(0)
+            ready.set()
+            self.loop.run_forever()
+
+        get_original("_thread", "start_new_thread")(run, ())
+        ready.wait()
+        self.hub = gevent.get_hub()
+
+    def run(self, coro):
+        """Run a coroutine on the loop; the calling greenlet yields until it is done."""
+        result = AsyncResult()
+        watcher = self.hub.loop.async_()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+        def deliver() -> None:
+            if future.exception() is not None:
+                result.set_exception(future.exception())
+            else:
+                result.set(future.result())
+
+        watcher.start(deliver)
+        future.add_done_callback(lambda _: watcher.send())
+        try:
+            return result.get()
+        finally:
+            watcher.close()
+
+
+class State:
+    """Per-process state: the bridge, the workload stream, and where records go."""
+
+    def __init__(self, environment) -> None:
+        o = environment.parsed_options
+        runner = environment.runner
+        self.worker = getattr(runner, "worker_index", 0) if isinstance(runner, WorkerRunner) else 0
+        self.bridge = AsyncBridge()
+        self.workload = Workload(LengthDistribution.parse(o.loadgen_input_len, "--loadgen-input-len"),
+                                 LengthDistribution.parse(o.loadgen_output_len, "--loadgen-output-len"),
+                                 o.loadgen_max_context, seed=o.loadgen_seed + 1000 * self.worker)
+        self.specs = self.workload.specs()
+        self.model = o.loadgen_model
+        self.protocol = OpenAIProtocol(o.loadgen_endpoint)
+        self.timeout = o.loadgen_timeout
+        key = os.environ.get("OPENAI_API_KEY")
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.pending: list[dict] = []
+
+
+def _state(environment) -> State:
+    if not hasattr(environment, "loadgen_state"):
+        environment.loadgen_state = State(environment)
+    return environment.loadgen_state
+
+
+def _fire(environment, record: RequestRecord) -> None:
+    fire = environment.events.request.fire
+    length = record.output_tokens
+    if record.ok:
+        fire(request_type="LLM", name="ttft", response_time=ttft_ms(record), response_length=length,
+             exception=None, context={})
+        tpot = tpot_ms(record)
+        if tpot is not None:
+            fire(request_type="LLM", name="tpot", response_time=tpot, response_length=length, exception=None,
+                 context={})
+        for gap in itl_ms(record):
+            fire(request_type="LLM", name="itl", response_time=gap, response_length=0, exception=None, context={})
+    error = None if record.ok else RequestFailed(f"{record.status}: {record.error}")
+    fire(request_type="LLM", name="e2e", response_time=(record.finished_s - record.sent_s) * 1e3,
+         response_length=length, exception=error, context={})
+
+
+class LLMUser(User):
+    """A closed-loop user: sends the next request of the workload as soon as its last one finished."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.state = _state(self.environment)
+        if self.state.model is None:
+            self.state.model = _first_model(self.host, self.state)
+
+    @task
+    def generate(self) -> None:
+        st = self.state
+        spec = next(st.specs)
+        target = Target(self.host, st.model, st.protocol, st.headers)
+        record = st.bridge.run(send_request(st.bridge.session, target, spec, st.bridge.origin_ns, "measured",
+                                            None, st.timeout))
+        record.worker = st.worker
+        # Times relative to this process's origin, shifted onto the wall clock so the master can merge workers.
+        shift = st.bridge.origin_wall
+        for attr in ("sent_s", "finished_s", "first_token_s"):
+            value = getattr(record, attr)
+            if value is not None:
+                setattr(record, attr, value + shift)
+        _fire(self.environment, record)
+        _deliver(self.environment, record)
+
+
+def _first_model(host: str, st: State) -> str:
+    async def get() -> str:
+        async with st.bridge.session.get(host.rstrip("/") + "/v1/models", headers=st.headers) as resp:
+            data = await resp.json(content_type=None)
+            return data["data"][0]["id"]
+
+    return st.bridge.run(get())
+
+
+# -- records: workers -> master -> requests.jsonl -------------------------------------------------------
+def _deliver(environment, record: RequestRecord) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        st = _state(environment)
+        st.pending.append(asdict(record))
+        if len(st.pending) >= 20:
+            _flush(environment)
+    else:
+        _write(environment, [asdict(record)])
+
+
+def _flush(environment) -> None:
+    st = _state(environment)
+    if st.pending:
+        environment.runner.send_message(RECORDS_MESSAGE, st.pending)
+        st.pending = []
+
+
+def _write(environment, rows: list[dict]) -> None:
+    writer = getattr(environment, "loadgen_writer", None)
+    if writer is None:
+        return
+    for row in rows:
+        row["index"] = environment.loadgen_count
+        environment.loadgen_count += 1
+        writer.write(RequestRecord.from_dict(row))
+
+
+@events.init.add_listener
+def _on_init(environment, **_kwargs) -> None:
+    runner = environment.runner
+    o = environment.parsed_options
+    if isinstance(runner, WorkerRunner) or o is None:
+        return
+    if isinstance(runner, MasterRunner):
+        runner.register_message(RECORDS_MESSAGE, lambda msg, **kw: _write(environment, msg.data))
+    if o.loadgen_run_dir:
+        run_dir = Path(o.loadgen_run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        environment.loadgen_writer = RecordWriter(run_dir / "requests.jsonl")
+        environment.loadgen_count = 0
+
+
+@events.test_stopping.add_listener
+def _on_stopping(environment, **_kwargs) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        _flush(environment)
+
+
+@events.quitting.add_listener
+def _on_quit(environment, **_kwargs) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        _flush(environment)
+        return
+    writer = getattr(environment, "loadgen_writer", None)
+    if writer is None:
+        return
+    gevent.sleep(0.5)  # let the last worker batches arrive
+    writer.close()
+    o = environment.parsed_options
+    run_dir = Path(o.loadgen_run_dir)
+    records = read_records(run_dir / "requests.jsonl")
+    if records:  # onto the run's own timeline: the earliest send is t = 0
+        t0 = min(r.sent_s for r in records)
+        for r in records:
+            r.sent_s -= t0
+            r.finished_s -= t0
+            if r.first_token_s is not None:
+                r.first_token_s -= t0
+    summary = summarize(records, None, simulated=bool(o.loadgen_simulated))
+    summary["prompt_source"] = "approximation: one common English word per token (no tokenizer given)"
+    summary["load_generator"] = "locust"
+    write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "run.json", {
+        "status": "finished", "finished_at": utc_now(), "environment": environment_info(),
+        "backend": {"name": "locust", "url": o.host, "simulated": bool(o.loadgen_simulated)},
+        "model": o.loadgen_model, "endpoint": o.loadgen_endpoint,
+        "workload": {"source": "synthetic", "input_len": str(LengthDistribution.parse(o.loadgen_input_len)),
+                     "output_len": str(LengthDistribution.parse(o.loadgen_output_len)), "seed": o.loadgen_seed},
+        "load": {"mode": "closed", "generator": "locust", "users": o.num_users, "spawn_rate": o.spawn_rate,
+                 "run_time": o.run_time},
+    })
+
+
+def environment_info() -> dict:
+    return environment()
