@@ -145,10 +145,22 @@ def cmd_locust(args: argparse.Namespace) -> int:
 
 
 def _wait(main: subprocess.Popen, procs: list[subprocess.Popen]) -> int:
+    """Wait for Locust; Ctrl-C or SIGTERM is forwarded as SIGTERM, Locust's graceful stop (which writes the
+    summary), and a second one stops everything at once."""
     if main not in procs:
         procs.append(main)
+    hits = 0
+
+    def forward(signum, frame) -> None:
+        nonlocal hits
+        hits += 1
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if hits == 1 else signal.SIGKILL)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return main.wait()
-    except KeyboardInterrupt:
-        main.send_signal(signal.SIGINT)
-        return main.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

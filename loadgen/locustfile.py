@@ -57,21 +57,21 @@ class AsyncBridge:
     """One asyncio loop in a real OS thread per Locust process, shared by its users."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.session = None
+        try:  # libuv does its own I/O, out of reach of gevent's monkey-patched socket and selectors modules
+            import uvloop
+
+            self.loop = uvloop.new_event_loop()
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
         self.origin_ns = time.perf_counter_ns()
         self.origin_wall = time.time()
-        ready = get_original("threading", "Event")()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.session = make_session(0)
-            ready.set()
-            self.loop.run_forever()
-
-        get_original("_thread", "start_new_thread")(run, ())
-        ready.wait()
+        self.session = self.loop.run_until_complete(self._open())
+        get_original("_thread", "start_new_thread")(self.loop.run_forever, ())
         self.hub = gevent.get_hub()
+
+    @staticmethod
+    async def _open():
+        return make_session(0)
 
     def run(self, coro):
         """Run a coroutine on the loop; the calling greenlet yields until it is done."""
