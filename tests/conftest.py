@@ -25,62 +25,19 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{url} not ready")
 
 
-class SimServer:
-    def __init__(self, *args: str):
+class BackgroundServer:
+    """A test server in its own process on an ephemeral 127.0.0.1 port, ready when `/health` answers."""
+
+    def __init__(self, argv: list[str]):
         self.port = find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backends.sim", "--port", str(self.port), *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
+        self.proc = subprocess.Popen([*argv, "--port", str(self.port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
         try:
             wait_http(self.url + "/health")
         except TimeoutError:
             self.stop()
             raise
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-@pytest.fixture
-def start_sim():
-    servers: list[SimServer] = []
-
-    def start(*args: str) -> SimServer:
-        s = SimServer(*args)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.stop()
-
-
-def run_loadgen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loadgen", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-class FaultServerProcess:
-    """tests/fault_server.py in its own process (so it can also be killed mid-run)."""
-
-    def __init__(self, *args: str):
-        self.port = find_free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_server.py"), "--port", str(self.port),
-                                      *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_http(self.url + "/health")
-
-    def log(self) -> dict:
-        import json
-
-        with urllib.request.urlopen(self.url + "/fault/log", timeout=10) as resp:
-            return json.loads(resp.read())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -91,15 +48,52 @@ class FaultServerProcess:
                 self.proc.kill()
 
 
-@pytest.fixture
-def start_fault_server():
-    servers: list[FaultServerProcess] = []
+class SimServer(BackgroundServer):
+    def __init__(self, *args: str):
+        super().__init__([sys.executable, "-m", "backends.sim", *args])
 
-    def start(*args: str) -> FaultServerProcess:
-        s = FaultServerProcess(*args)
+
+class FaultServerProcess(BackgroundServer):
+    """tests/fault_server.py (so it can also be killed mid-run)."""
+
+    def __init__(self, *args: str):
+        super().__init__([sys.executable, str(ROOT / "tests" / "fault_server.py"), *args])
+
+    def log(self) -> dict:
+        import json
+
+        with urllib.request.urlopen(self.url + "/fault/log", timeout=10) as resp:
+            return json.loads(resp.read())
+
+
+def _server_fixture(cls):
+    servers: list[BackgroundServer] = []
+
+    def start(*args: str) -> BackgroundServer:
+        s = cls(*args)
         servers.append(s)
         return s
 
+    return start, servers
+
+
+@pytest.fixture
+def start_sim():
+    start, servers = _server_fixture(SimServer)
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture
+def start_fault_server():
+    start, servers = _server_fixture(FaultServerProcess)
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def run_loadgen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loadgen", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
