@@ -22,6 +22,9 @@ class OpenAIProtocol:
     def path(self) -> str:
         return ENDPOINT_PATHS[self.endpoint]
 
+    def path_for(self, model: str) -> str:
+        return self.path
+
     def payload(self, model: str, prompt: str | list[int], output_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
@@ -49,6 +52,7 @@ class OpenAIStreamParser:
     """Feed it SSE lines; it says how many tokens each carried and keeps usage, id and errors."""
 
     __slots__ = ("done", "usage", "response_id", "error", "finish_reason", "_usage_tokens", "text")
+    done_at_eof = False  # the stream must end with [DONE]
 
     def __init__(self, collect_text: bool = False) -> None:
         self.text: list[str] | None = [] if collect_text else None  # kept only to count tokens without usage

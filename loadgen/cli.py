@@ -145,6 +145,8 @@ def _print_result(opts: argparse.Namespace, summary: dict, text: str, run_dir: P
 def cmd_run(args: argparse.Namespace) -> int:
     opts, backend, config, tokenizer, headers, model_label = _prepare(args)
     plan = load_plan(opts)
+    if opts.dry_run:
+        return _dry_run(opts, backend, config)
     run_dir = create_run_dir(opts.output, backend, model_label)
 
     async def go():
@@ -168,6 +170,32 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 130 if interrupted else 0
+
+
+def _dry_run(opts: argparse.Namespace, backend: str, config) -> int:
+    import shlex
+
+    from backends.registry import FRAMEWORKS
+    from loadgen.launch import endpoint_name, launch_spec
+
+    if backend in FRAMEWORKS:
+        if opts.url:
+            print(f"# attach to {opts.url}: nothing would be launched")
+            return 0
+        spec = launch_spec(opts, backend, opts.port or 8000)
+        endpoint_name(opts, backend, spec)
+        for key, value in spec.env.items():
+            print(f"export {key}={shlex.quote(value)}")
+        print(shlex.join(spec.argv))
+        print(f"# ready when GET {spec.url}{spec.ready_path} answers 200; metrics: "
+              f"{spec.metrics_path or 'none'}; endpoint: {opts.endpoint or spec.default_endpoint}")
+        return 0
+    if config is not None:
+        print(shlex.join(sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1",
+                                                 opts.port or 8000, config.profile.path if config.profile else None)))
+        return 0
+    print(f"# attach to {opts.url}: nothing would be launched")
+    return 0
 
 
 # -- sweep --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Callable
 import aiohttp
 from yarl import URL
 
+from backends.native_protocols import LightLLMProtocol, TGIProtocol, TritonProtocol
 from backends.openai_protocol import OpenAIProtocol
 from loadgen.records import CANCELLED, OK, TIMEOUT, RequestRecord
 from loadgen.workload import RequestSpec
@@ -27,14 +28,14 @@ ERROR_TEXT_LIMIT = 500
 class Target:
     base_url: str
     model: str
-    protocol: OpenAIProtocol
+    protocol: "OpenAIProtocol | TGIProtocol | LightLLMProtocol | TritonProtocol"
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold the API key: never serialised
     # Counts output tokens from the streamed text when the server reports no usage (--tokenizer given).
     count_tokens: Callable[[str], int] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return self.base_url.rstrip("/") + self.protocol.path
+        return self.base_url.rstrip("/") + self.protocol.path_for(self.model)
 
     @cached_property
     def parsed_url(self) -> URL:
@@ -129,6 +130,8 @@ async def send_request(
                             break
                     if pending and not parser.done:
                         parser.feed(pending)
+                    if parser.done_at_eof and not parser.error:
+                        parser.done = True  # protocols without an end marker: a clean end of stream
                     if parser.error:
                         status, error = "error:stream", parser.error
                     elif not parser.done:

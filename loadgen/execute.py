@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from backends.openai_protocol import OpenAIProtocol
+from backends.registry import protocol_for
 from loadgen.accuracy import timing_error
 from loadgen.client import Target
 from loadgen.launch import Endpoint, get_json
@@ -49,7 +49,7 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     from tqdm import tqdm
 
     slo = parse_slo(opts.slo) if opts.slo else None
-    protocol = OpenAIProtocol(opts.endpoint, opts.ignore_eos)
+    protocol = protocol_for(endpoint.protocol_name, opts.ignore_eos)
     target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
     run_info: dict = {
         "status": "running",
@@ -61,7 +61,7 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
         "gpu": opts.gpu if endpoint.simulated else None,
         "gpus": opts.gpus if endpoint.simulated else None,
         "endpoint": protocol.endpoint,
-        "path": protocol.path,
+        "path": protocol.path_for(endpoint.model),
         "ignore_eos": protocol.ignore_eos,
         "workload": workload.describe(),
         "load": load_description(plan),

@@ -11,7 +11,12 @@ from typing import AsyncIterator
 
 import aiohttp
 
+import os
+import shlex
+
 from backends import sim as sim_backend
+from backends.launch_spec import LaunchRequest, LaunchSpec
+from backends.registry import FRAMEWORKS, adapter
 from backends.process import ServerProcess, find_free_port
 from backends.sim import SimConfig
 from loadgen.errors import LoadgenError
@@ -26,6 +31,8 @@ class Endpoint:
     simulated: bool
     info: dict = field(default_factory=dict)  # for run.json: backend name, launch command, readiness, sim parameters
     server: ServerProcess | None = None
+    protocol_name: str = "completions"
+    metrics_url: str | None = None
 
     def kill(self) -> None:
         """Immediate SIGKILL of the launched server's process group (forced exit); no-op when attached by URL."""
@@ -48,8 +55,29 @@ def backend_name(opts: argparse.Namespace) -> str:
         check_url(opts.url)
         if opts.profile:
             raise LoadgenError("--profile sets the simulated engine's costs; it does not apply to --url")
-        return "openai"
+        return opts.backend if opts.backend in FRAMEWORKS else "openai"
     return opts.backend or "sim"
+
+
+def launch_spec(opts: argparse.Namespace, backend: str, port: int | None = None) -> LaunchSpec:
+    """The framework's launch command for these options (for --dry-run, launching, and attaching)."""
+    if not opts.model and not opts.url:
+        raise LoadgenError(f"--backend {backend} needs --model: a catalog model (7b, 13b, 70b, 8b), an HF id or a "
+                           "local model directory")
+    if getattr(opts, "engine_cmd", None) and opts.docker:
+        raise LoadgenError("--engine-cmd replaces the local executable; it does not combine with --docker")
+    req = LaunchRequest(model=opts.model or os.sep, gpus=opts.gpus, tp=opts.tp, host="127.0.0.1",
+                        port=port or opts.port or 8000, engine_args=tuple(opts.engine_arg or ()),
+                        engine_cmd=tuple(shlex.split(opts.engine_cmd)) if opts.engine_cmd else (),
+                        docker=bool(opts.docker), max_model_len=opts.max_context)
+    return adapter(backend)(req)
+
+
+def endpoint_name(opts: argparse.Namespace, backend: str, spec: LaunchSpec | None) -> str:
+    name = opts.endpoint or (spec.default_endpoint if spec else "completions")
+    if spec is not None and name not in spec.endpoints:
+        raise LoadgenError(f"{backend} speaks {', '.join(spec.endpoints)}, not --endpoint {name}")
+    return name
 
 
 def sim_config(opts: argparse.Namespace) -> SimConfig:
@@ -63,14 +91,30 @@ async def get_json(url: str, headers: dict[str, str] | None = None, timeout: flo
             return await resp.json(content_type=None) if resp.status == 200 else None
 
 
-async def _probe(url: str, headers: dict[str, str]) -> dict | None:
-    """GET /v1/models: proves the server is reachable and tells the model id and context when it can."""
+async def _probe(url: str, headers: dict[str, str], required: bool = True) -> dict | None:
+    """GET /v1/models: proves the server is reachable and tells the model id and context when it can.
+    Frameworks without an OpenAI API (TGI's native one, Triton) may answer 404: that is fine for them."""
     try:
         return await get_json(url + "/v1/models", headers, timeout=10)
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        if not required and not isinstance(exc, (aiohttp.ClientConnectorError, OSError)):
+            return None
         raise LoadgenError(f"cannot reach {url}: {type(exc).__name__}: {exc}; check --url and that the server is up") from None
     except ValueError:
         return None  # reachable, but /v1/models is not JSON: not an error for a generic server
+
+
+async def _server_version(url: str, spec: LaunchSpec) -> str | None:
+    for path in spec.version_paths:
+        try:
+            data = await get_json(url + path, timeout=5)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError):
+            continue
+        if isinstance(data, dict):
+            for key in ("version", "server_version"):
+                if isinstance(data.get(key), str):
+                    return data[key]
+    return None
 
 
 @asynccontextmanager
@@ -78,23 +122,44 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
                         headers: dict[str, str]) -> AsyncIterator[Endpoint]:
     server: ServerProcess | None = None
     try:
-        info: dict = {"name": backend_name(opts), "simulated": config is not None}
+        backend = backend_name(opts)
+        info: dict = {"name": backend, "simulated": config is not None}
+        spec: LaunchSpec | None = None
         if config is not None:
             port = find_free_port()
             url = f"http://127.0.0.1:{port}"
             argv = sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1", port,
                                            config.profile.path if config.profile else None)
             server = ServerProcess(argv, log_dir / "server.log", url + "/health",
-                                   startup_timeout=opts.startup_timeout, name="simulated engine")
+                                   startup_timeout=opts.startup_timeout or 120.0, name="simulated engine")
             server.start()
             await server.wait_ready()
             info.update(launch_command=argv, ready_after_s=server.ready_after_s, log=str(log_dir / "server.log"),
                         sim=await get_json(url + "/sim/info"))
+        elif backend in FRAMEWORKS and not opts.url:
+            spec = launch_spec(opts, backend, opts.port or find_free_port())
+            url = spec.url
+            server = ServerProcess(spec.argv, log_dir / "server.log", url + spec.ready_path, env=spec.env,
+                                   startup_timeout=opts.startup_timeout or 1800.0, name=backend)
+            server.start()
+            await server.wait_ready()
+            info.update(launch_command=spec.argv, launch_env=spec.env, ready_after_s=server.ready_after_s,
+                        log=str(log_dir / "server.log"), docker_image=spec.docker_image,
+                        version=await _server_version(url, spec))
         else:
             url = check_url(opts.url)
+            if backend in FRAMEWORKS:
+                spec = launch_spec(opts, backend)
+                info["version"] = await _server_version(url, spec)
         info["url"] = url
-        listed = ((await _probe(url, headers)) or {}).get("data") or []
+        protocol_name = endpoint_name(opts, backend, spec)
+        info["endpoint"] = protocol_name
+        listed = ((await _probe(url, headers, required=spec is None)) or {}).get("data") or []
         model = opts.model if config is None else config.model.name
+        if spec is not None and listed:
+            model = listed[0]["id"]  # what the framework serves the model as
+        elif spec is not None and not opts.url:
+            model = spec.argv[spec.argv.index("--model") + 1] if "--model" in spec.argv else (opts.model or "")
         if model is None:
             if not listed:
                 raise LoadgenError(f"{url}/v1/models lists no model; pass --model with the id the server serves")
@@ -102,13 +167,18 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
         max_context = config.model.max_context if config is not None else None
         if max_context is None:
             try:
-                max_context = get_model(model).max_context
+                max_context = get_model(opts.model).max_context if opts.model else None
             except CatalogError:
+                max_context = None
+            if max_context is None:
                 served = next((m for m in listed if m.get("id") == model), {})
                 max_context = served.get("max_model_len") or 4096
         if opts.max_context:
             max_context = min(opts.max_context, max_context)
-        yield Endpoint(url, model, max_context, config is not None, info, server)
+        metrics = url + spec.metrics_path if spec is not None and spec.metrics_path else None
+        if config is not None:
+            metrics = url + "/metrics"
+        yield Endpoint(url, model, max_context, config is not None, info, server, protocol_name, metrics)
     finally:
         if server is not None:
             server.stop()

@@ -223,6 +223,13 @@ def _on_stopping(environment, **_kwargs) -> None:
         _flush(environment)
 
 
+@events.test_stop.add_listener
+def _on_stop(environment, **_kwargs) -> None:
+    """After every user stopped: requests that finished during stopping go to the master too."""
+    if isinstance(environment.runner, WorkerRunner):
+        _flush(environment)
+
+
 @events.quitting.add_listener
 def _on_quit(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner):

@@ -80,7 +80,13 @@ DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any] | None]] = {
     "model": (None, str),
     "gpu": ("h100", str),
     "gpus": (1, positive_int),
-    "endpoint": ("completions", str),
+    "endpoint": (None, str),
+    "tp": (None, positive_int),
+    "engine_arg": (None, None),
+    "engine_cmd": (None, None),
+    "docker": (False, None),
+    "dry_run": (False, None),
+    "port": (None, positive_int),
     "api_key": (None, None),
     "ignore_eos": (True, None),
     "startup_timeout": (120.0, duration),
@@ -135,20 +141,31 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     """Every flag defaults to None so that resolve() can tell what the user typed."""
     t = p.add_argument_group("target")
     t.add_argument("--scenario", help="scenario name (see `loadgen scenarios`) or YAML file; flags override its fields")
-    t.add_argument("--backend", choices=["sim", "openai"],
-                   help="sim: start the embedded simulated engine (default without --url); "
-                        "openai: any OpenAI-compatible server at --url")
+    t.add_argument("--backend", choices=["sim", "openai", "vllm", "tgi", "trtllm", "lightllm", "sglang"],
+                   help="sim: the embedded simulated engine (default without --url); openai: any OpenAI-compatible "
+                        "server at --url; vllm, tgi, trtllm, lightllm, sglang: launch that framework (or attach "
+                        "to it with --url)")
     t.add_argument("--url", help="base URL of a running server, e.g. http://127.0.0.1:8000 (launches nothing)")
     t.add_argument("--model", help="catalog model (7b, 13b, 70b, 8b, llama-3-70b, tiny) for the sim; with --url, "
                                    "the model id to request (default: the first the server lists)")
     t.add_argument("--gpu", help="sim only: catalog GPU (a800, a100-80g, h100, h200, rtx4090, rtx3090); default h100")
-    t.add_argument("--gpus", type=positive_int, help="sim only: GPUs, used as tensor parallelism (default 1)")
-    t.add_argument("--endpoint", choices=["completions", "chat"],
-                   help="OpenAI API: completions (/v1/completions, default) or chat (/v1/chat/completions)")
+    t.add_argument("--gpus", type=positive_int, help="GPUs, used as tensor parallelism (default 1)")
+    t.add_argument("--endpoint", choices=["completions", "chat", "tgi", "lightllm", "triton"],
+                   help="protocol: OpenAI completions or chat, TGI or LightLLM /generate_stream, Triton "
+                        "generate_stream (default: the backend's own; completions for sim/openai)")
+    t.add_argument("--tp", type=positive_int, help="tensor parallelism for a launched framework (default: --gpus)")
+    t.add_argument("--engine-arg", action="append", help="extra flag passed to the launched framework (repeatable), "
+                                                          "e.g. --engine-arg=--max-num-seqs=128")
+    t.add_argument("--engine-cmd", help="replace the framework's executable, e.g. '/opt/venv/bin/python' for vLLM")
+    t.add_argument("--docker", action="store_const", const=True, help="launch the framework's official image")
+    t.add_argument("--port", type=positive_int, help="port for a launched framework (default: a free one)")
+    t.add_argument("--dry-run", action="store_const", const=True,
+                   help="print the exact launch command and environment, start nothing")
     t.add_argument("--api-key", help="bearer token for the server (default: $OPENAI_API_KEY); never written to disk")
     t.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_const", const=False,
                    help="let the server stop at EOS instead of forcing exactly --output-len tokens")
-    t.add_argument("--startup-timeout", type=duration, help="sim only: wait this long for readiness (default 120s)")
+    t.add_argument("--startup-timeout", type=duration,
+                   help="wait this long for a launched server to be ready (default 120s for the sim, 30m otherwise)")
     t.add_argument("--profile", help="sim only: hardware profile JSON from `python -m training_bench micro profile`; "
                                      "step times from measured operators instead of catalog peaks")
 

@@ -1,0 +1,37 @@
+"""Framework name -> adapter, and endpoint name -> protocol."""
+
+from __future__ import annotations
+
+from backends import lightllm, sglang, tgi, trtllm, vllm
+from backends.errors import BackendError
+from backends.launch_spec import Adapter
+from backends.native_protocols import LightLLMProtocol, TGIProtocol, TritonProtocol
+from backends.openai_protocol import OpenAIProtocol
+
+FRAMEWORKS: dict[str, Adapter] = {
+    "vllm": vllm.launch,
+    "tgi": tgi.launch,
+    "trtllm": trtllm.launch,
+    "lightllm": lightllm.launch,
+    "sglang": sglang.launch,
+}
+ENDPOINTS = ("completions", "chat", "tgi", "lightllm", "triton")
+
+
+def protocol_for(endpoint: str, ignore_eos: bool = True):
+    if endpoint in ("completions", "chat"):
+        return OpenAIProtocol(endpoint, ignore_eos)
+    if endpoint == "tgi":
+        return TGIProtocol(ignore_eos=ignore_eos)
+    if endpoint == "lightllm":
+        return LightLLMProtocol(ignore_eos=ignore_eos)
+    if endpoint == "triton":
+        return TritonProtocol(ignore_eos=ignore_eos)
+    raise BackendError(f"unknown endpoint {endpoint!r}; choose one of {', '.join(ENDPOINTS)}")
+
+
+def adapter(name: str) -> Adapter:
+    try:
+        return FRAMEWORKS[name]
+    except KeyError:
+        raise BackendError(f"unknown backend {name!r}; choose one of sim, openai, {', '.join(FRAMEWORKS)}") from None

@@ -1,0 +1,25 @@
+"""vLLM: `vllm serve` (or `python -m vllm.entrypoints.openai.api_server` with --engine-cmd), OpenAI API."""
+
+from __future__ import annotations
+
+from backends.launch_spec import LaunchRequest, LaunchSpec, docker_argv
+
+IMAGE = "vllm/vllm-openai:latest"
+
+
+def launch(req: LaunchRequest) -> LaunchSpec:
+    model = req.model_ref()
+    opts = ["--tensor-parallel-size", str(req.tensor_parallel)]
+    if req.max_model_len:
+        opts += ["--max-model-len", str(req.max_model_len)]
+    if req.docker:
+        argv, model = docker_argv(IMAGE, req, 8000, [], shm=None)
+        argv += ["--model", model, "--host", "0.0.0.0", "--port", "8000", *opts, *req.engine_args]
+    elif req.engine_cmd:
+        argv = [*req.engine_cmd, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", req.host,
+                "--port", str(req.port), *opts, *req.engine_args]
+    else:
+        argv = ["vllm", "serve", model, "--host", req.host, "--port", str(req.port), *opts, *req.engine_args]
+    return LaunchSpec("vllm", argv, {"HF_HUB_OFFLINE": "1"} if req.is_local_path else {}, req.host, req.port,
+                      "/health", "/metrics", "completions", ("completions", "chat"), IMAGE if req.docker else None,
+                      ("/version",))
