@@ -30,16 +30,15 @@ class LaunchRequest:
         return self.tp or self.gpus
 
     def model_ref(self) -> str:
-        """A local path (absolute), else a catalog model's HF id, else the string as given (an HF id)."""
+        """A local path (absolute), else a catalog model's HF id, else the string as given (an HF id or a name
+        the framework resolves itself; if it cannot, its own error is quoted from server.log)."""
         p = Path(self.model).expanduser()
         if p.exists():
             return str(p.resolve())
         try:
             spec = get_model(self.model)
         except CatalogError:
-            if "/" in self.model:
-                return self.model
-            raise
+            return self.model
         if not spec.hf_id:
             raise BackendError(f"catalog model {spec.name} has no Hugging Face id; give a local model directory")
         return spec.hf_id

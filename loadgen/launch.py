@@ -17,7 +17,7 @@ import shlex
 from backends import sim as sim_backend
 from backends.launch_spec import LaunchRequest, LaunchSpec
 from backends.registry import FRAMEWORKS, adapter
-from backends.process import ServerProcess, find_free_port
+from backends.process import ServerProcess, find_free_port, port_in_use
 from backends.sim import SimConfig
 from loadgen.errors import LoadgenError
 from scenarios.catalog import CatalogError, get_model
@@ -137,6 +137,9 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
             info.update(launch_command=argv, ready_after_s=server.ready_after_s, log=str(log_dir / "server.log"),
                         sim=await get_json(url + "/sim/info"))
         elif backend in FRAMEWORKS and not opts.url:
+            if opts.port and port_in_use("127.0.0.1", opts.port):
+                raise LoadgenError(f"port {opts.port} on 127.0.0.1 is already in use; choose another --port or stop "
+                                   "what holds it")
             spec = launch_spec(opts, backend, opts.port or find_free_port())
             url = spec.url
             server = ServerProcess(spec.argv, log_dir / "server.log", url + spec.ready_path, env=spec.env,

@@ -1,0 +1,181 @@
+"""Framework adapters: launch argv against each framework's documented flags, protocols against local
+PROTOCOL FIXTURES (tests/protocol_fixture.py: the wire formats, not the frameworks), and the server lifecycle
+through the real adapter: launch, readiness, crash mid-run, launch failure, Ctrl-C, no process left behind."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from backends.launch_spec import LaunchRequest
+from backends.registry import FRAMEWORKS, protocol_for
+from conftest import ROOT, BackgroundServer, run_loadgen
+
+FIXTURE = [sys.executable, str(ROOT / "tests" / "protocol_fixture.py")]
+HF = {"7b": "meta-llama/Llama-2-7b-hf", "13b": "meta-llama/Llama-2-13b-hf", "70b": "meta-llama/Llama-2-70b-hf"}
+# The documented tensor-parallel flag of each framework.
+TP_FLAG = {"vllm": "--tensor-parallel-size", "tgi": "--num-shard", "trtllm": "--tp_size", "lightllm": "--tp",
+           "sglang": "--tp"}
+MODEL_FLAG = {"vllm": None, "tgi": "--model-id", "trtllm": None, "lightllm": "--model_dir", "sglang": "--model-path"}
+EXECUTABLE = {"vllm": ["vllm", "serve"], "tgi": ["text-generation-launcher"], "trtllm": ["trtllm-serve"],
+              "lightllm": ["python", "-m", "lightllm.server.api_server"], "sglang": ["python", "-m", "sglang.launch_server"]}
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+@pytest.mark.parametrize("model", ["7b", "13b", "70b"])
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_launch_argv_matrix(framework, model, gpus):
+    spec = FRAMEWORKS[framework](LaunchRequest(model, gpus=gpus, port=9123))
+    argv = spec.argv
+    assert all(isinstance(a, str) for a in argv)  # an argv list, never a shell string
+    assert argv[: len(EXECUTABLE[framework])] == EXECUTABLE[framework]
+    assert argv[argv.index(TP_FLAG[framework]) + 1] == str(gpus)  # TP defaults to the GPU count
+    if MODEL_FLAG[framework]:
+        assert argv[argv.index(MODEL_FLAG[framework]) + 1] == HF[model]
+    else:
+        assert HF[model] in argv
+    assert "9123" in argv and "127.0.0.1" in argv  # loopback unless told otherwise
+    assert spec.ready_path == "/health"
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_docker_tp_override_and_passthrough(framework, tmp_path):
+    spec = FRAMEWORKS[framework](LaunchRequest(str(tmp_path), gpus=8, tp=4, port=9000, docker=True,
+                                               engine_args=("--extra-flag", "1")))
+    argv = spec.argv
+    assert argv[:3] == ["docker", "run", "--rm"] and "--gpus" in argv and spec.docker_image in argv
+    assert f"{tmp_path}:/model:ro" in argv and "/model" in argv  # a local model is mounted read-only
+    assert argv[argv.index(TP_FLAG[framework]) + 1] == "4" and argv[-2:] == ["--extra-flag", "1"]
+    assert "127.0.0.1:9000:" in argv[argv.index("-p") + 1]
+
+
+def test_engine_cmd_replaces_the_executable():
+    spec = FRAMEWORKS["vllm"](LaunchRequest("7b", engine_cmd=("/venv/bin/python",), port=9001))
+    assert spec.argv[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert spec.argv[spec.argv.index("--model") + 1] == HF["7b"]
+
+
+def test_dry_run_prints_the_command_and_starts_nothing(tmp_path):
+    proc = run_loadgen("run", "--backend", "sglang", "--model", "8b", "--gpus", "2", "--dry-run",
+                       "--engine-arg=--mem-fraction-static=0.8")
+    assert proc.returncode == 0, proc.stderr
+    assert "python -m sglang.launch_server --model-path meta-llama/Meta-Llama-3-8B" in proc.stdout
+    assert "--tp 2" in proc.stdout and "--mem-fraction-static=0.8" in proc.stdout
+    bad = run_loadgen("run", "--backend", "tgi", "--model", "7b", "--endpoint", "completions", "--dry-run")
+    assert bad.returncode == 2 and "tgi speaks tgi, chat" in bad.stderr
+
+
+@pytest.mark.parametrize("backend,endpoint,native", [
+    ("tgi", "tgi", "tgi"), ("lightllm", "lightllm", "lightllm"), ("trtllm", "triton", "tgi"),
+    ("vllm", "completions", "tgi"),
+])
+def test_attach_with_each_protocol(tmp_path, backend, endpoint, native):
+    server = BackgroundServer([*FIXTURE, "--native", native])
+    try:
+        out = tmp_path / "run"
+        proc = run_loadgen("run", "--backend", backend, "--url", server.url, "--endpoint", endpoint, "--model",
+                           "fixture-model", "--qps", "40", "--num-requests", "12", "--output-len", "7",
+                           "--input-len", "16", "--output", str(out), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        records = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
+        assert len(records) == 12 and all(r["status"] == "ok" for r in records)
+        assert all(r["output_tokens"] == 7 and len(r["token_times_ms"]) == 7 for r in records)
+        run = json.loads((out / "run.json").read_text())
+        assert run["backend"]["name"] == backend and run["endpoint"] == endpoint
+        assert "launch_command" not in run["backend"]  # attached: nothing launched
+    finally:
+        server.stop()
+
+
+def test_protocol_payloads_force_output_length():
+    assert protocol_for("lightllm").payload("m", "hi", 9)["parameters"] == {"max_new_tokens": 9, "do_sample": False,
+                                                                          "ignore_eos": True}
+    assert protocol_for("triton").payload("m", "hi", 9)["max_tokens"] == 9
+    assert protocol_for("triton").path_for("ensemble") == "/v2/models/ensemble/generate_stream"
+    assert protocol_for("tgi").payload("m", "hi", 9)["parameters"]["max_new_tokens"] == 9
+
+
+def _launch(tmp_path: Path, *extra: str, wait: bool = True, name: str = "run"):
+    out = tmp_path / name
+    cmd = [sys.executable, "-m", "loadgen", "run", "--backend", "vllm", "--model", "fixture-model",
+           "--engine-cmd", f"{sys.executable} {ROOT / 'tests' / 'protocol_fixture.py'}", "--input-len", "16",
+           "--output-len", "8", "--output", str(out), "--quiet", *extra]
+    if wait:
+        return out, subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return out, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _fixture_pids() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "protocol_fixture.py"], capture_output=True, text=True)
+    return {int(p) for p in found.stdout.split()}
+
+
+def test_launch_through_the_real_adapter_and_stop(tmp_path):
+    before = _fixture_pids()
+    out, proc = _launch(tmp_path, "--qps", "40", "--num-requests", "20")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((out / "run.json").read_text())
+    argv = run["backend"]["launch_command"]
+    assert argv[1].endswith("protocol_fixture.py") and argv[2:4] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert run["backend"]["version"] == "fixture-0.0" and run["backend"]["ready_after_s"] > 0
+    assert len((out / "requests.jsonl").read_text().splitlines()) == 20
+    time.sleep(0.3)
+    assert _fixture_pids() <= before  # the launched server is gone
+
+
+def test_crash_mid_run_is_recorded_and_leaves_nothing(tmp_path):
+    before = _fixture_pids()
+    out, proc = _launch(tmp_path, "--qps", "40", "--num-requests", "40", "--engine-arg=--die-after=10")
+    assert proc.returncode == 0, proc.stderr
+    status = Counter(json.loads(x)["status"] for x in (out / "requests.jsonl").read_text().splitlines())
+    # requests 1-10 were served (some were still streaming when request 11 killed the server)
+    assert 1 <= status["ok"] <= 10 and sum(status.values()) == 40
+    assert status["error:connection"] + status["error:stream"] > 0
+    assert _fixture_pids() <= before
+
+
+def test_launch_failure_quotes_the_log_and_leaves_nothing(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "loadgen", "run", "--backend", "vllm", "--model", "fixture-model",
+                           "--engine-cmd", f"{sys.executable} -c 'import sys; print(\"CUDA out of memory\"); sys.exit(7)'",
+                           "--output", str(out), "--num-requests", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "exited with code" in proc.stderr and "server.log" in proc.stderr and "CUDA out of memory" in proc.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+def test_ctrl_c_stops_the_launched_server(tmp_path):
+    before = _fixture_pids()
+    out, proc = _launch(tmp_path, "--qps", "5", "--num-requests", "1000", wait=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "requests.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    launched = _fixture_pids() - before
+    assert launched
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    time.sleep(0.3)
+    assert not any(_alive(p) for p in launched)
+
+
+def test_port_already_taken_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out, proc = _launch(tmp_path, "--port", str(port), "--num-requests", "1")
+    assert proc.returncode == 2 and f"port {port}" in proc.stderr and "--port" in proc.stderr
