@@ -15,6 +15,7 @@ from loadgen.errors import LoadgenError
 from loadgen.metrics import e2el_ms, itl_ms, tpot_ms, ttft_ms
 from loadgen.records import RequestRecord
 from loadgen.report import COLUMNS, METRICS
+from loadgen.server_metrics import read_server_metrics
 from loadgen.telemetry import read_gpu_samples
 
 CSS = """
@@ -83,6 +84,7 @@ def summary_section(summary: dict) -> str:
         ("send lateness (ms)", summary.get("lateness_ms")),
         ("prompt lengths", summary.get("prompt_source")),
         ("energy", summary.get("energy")),
+        ("server metrics (scraped)", summary.get("server_metrics")),
     ]
     err = (summary.get("client_timing_error") or {}).get("ttft_error_ms") or {}
     if err.get("count"):
@@ -143,7 +145,7 @@ def run_report(run_dir: Path, data: RunData, records: list[RequestRecord]) -> st
     figs.append(_img(plots.timeline(mids, {"output tokens/s": timeseries.output_token_rate(records, edges)},
                                     "tokens/s", f"Output-token throughput ({width:g} s bins)", sim),
                      "Output-token throughput", plot_dir / "tokens_time.png"))
-    server = _server_metrics(run_dir / "server_metrics.jsonl")
+    server = _server_metrics(run_dir / "server_metrics.jsonl", data.run.get("origin_perf_counter_ns"))
     if server:
         figs.append(_img(plots.timeline(server[0], server[1], "value", "Server metrics (scraped)", sim),
                          "Server metrics", plot_dir / "server_metrics.png"))
@@ -163,14 +165,17 @@ def run_report(run_dir: Path, data: RunData, records: list[RequestRecord]) -> st
     return _page(title, sim, body)
 
 
-def _server_metrics(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """server_metrics.jsonl lines: {"t_s": ..., "values": {name: number}} (written by backends that scrape)."""
-    if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _server_metrics(path: Path, origin_ns: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """Queue depth and KV-cache use from server_metrics.jsonl (the scraped /metrics), over time."""
+    from loadgen.server_metrics import GAUGES
+
+    rows = read_server_metrics(path, origin_ns)
     if not rows:
         return None
-    names = sorted({k for r in rows for k in r.get("values", {})})
+    wanted = {n for names in GAUGES.values() for n in names}
+    names = sorted({k for r in rows for k in r.get("values", {}) if k.split("{")[0] in wanted})
+    if not names:
+        return None
     x = np.array([r["t_s"] for r in rows])
     return x, {n: np.array([r["values"].get(n, np.nan) for r in rows]) for n in names}
 

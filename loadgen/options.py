@@ -120,6 +120,7 @@ DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any] | None]] = {
     "csv": (False, None),
     "gpu_telemetry": (False, None),
     "gpu_sample_interval": (0.5, duration),
+    "scrape_interval": (1.0, duration),
     "json": (False, None),
     "quiet": (False, None),
 }
@@ -225,6 +226,8 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="sample this machine's GPUs with NVML into gpu.jsonl (power, utilisation, memory, clocks) "
                         "and report energy per output token; for a server on this host")
     o.add_argument("--gpu-sample-interval", type=duration, help="NVML sampling period (default 500ms)")
+    o.add_argument("--scrape-interval", type=duration,
+                   help="scrape the server's Prometheus /metrics this often into server_metrics.jsonl (default 1s)")
 
 
 def _scenario_value(scenario: Scenario, path: str) -> Any:

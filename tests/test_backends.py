@@ -179,3 +179,43 @@ def test_port_already_taken_is_a_clear_error(tmp_path):
         port = s.getsockname()[1]
         out, proc = _launch(tmp_path, "--port", str(port), "--num-requests", "1")
     assert proc.returncode == 2 and f"port {port}" in proc.stderr and "--port" in proc.stderr
+
+
+def test_histogram_quantiles_and_server_summary_by_hand():
+    from loadgen.server_metrics import histogram_quantile, parse_metrics, summarize_server_metrics
+
+    # cumulative: 3 obs <= 10 ms, 9 <= 100 ms, 10 in all
+    buckets = {0.01: 3.0, 0.1: 9.0, float("inf"): 10.0}
+    assert histogram_quantile(0.3, buckets) == pytest.approx(0.01)  # rank 3: top of the first bucket
+    assert histogram_quantile(0.6, buckets) == pytest.approx(0.01 + 0.09 * 3 / 6)  # rank 6: half-way
+    assert histogram_quantile(0.95, buckets) == pytest.approx(0.1)  # in +Inf: the last finite bound
+    text = ('# TYPE vllm:time_to_first_token_seconds histogram\n'
+            'vllm:time_to_first_token_seconds_bucket{le="0.01"} %d\n'
+            'vllm:time_to_first_token_seconds_bucket{le="0.1"} %d\n'
+            'vllm:time_to_first_token_seconds_bucket{le="+Inf"} %d\n'
+            'vllm:time_to_first_token_seconds_count %d\nvllm:time_to_first_token_seconds_sum %f\n'
+            '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running %d\n')
+    rows = [{"values": parse_metrics(text % (1, 2, 2, 2, 0.05, 4))},
+            {"values": parse_metrics(text % (4, 11, 12, 12, 0.55, 6))}]
+    s = summarize_server_metrics(rows)
+    assert s["running"] == {"metric": "vllm:num_requests_running", "mean": 5.0, "max": 6.0}
+    ttft = s["server_ttft_ms"]
+    assert ttft["requests"] == 10 and ttft["mean"] == pytest.approx(50.0)  # (0.55 - 0.05) / 10 s
+    assert ttft["p50"] == pytest.approx((0.01 + 0.09 * 2 / 6) * 1e3)  # deltas 3, 9, 10: rank 5
+
+
+def test_attached_run_scrapes_server_metrics(tmp_path):
+    server = BackgroundServer([*FIXTURE])
+    try:
+        out = tmp_path / "run"
+        proc = run_loadgen("run", "--backend", "vllm", "--url", server.url, "--model", "fixture-model", "--qps", "20",
+                           "--num-requests", "20", "--output-len", "8", "--scrape-interval", "100ms",
+                           "--output", str(out), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        lines = (out / "server_metrics.jsonl").read_text().splitlines()
+        assert len(lines) >= 5 and "vllm:num_requests_running{model_name=fixture-model}" in json.loads(lines[0])["values"]
+        s = json.loads((out / "summary.json").read_text())["server_metrics"]
+        assert s["kv_cache_usage"]["mean"] == pytest.approx(0.25)
+        assert s["scrapes"] == len(lines)
+    finally:
+        server.stop()

@@ -1,0 +1,132 @@
+"""Scrape a server's Prometheus /metrics during a run and summarise the framework's own view.
+
+Samples go to server_metrics.jsonl as {"t_ns": monotonic stamp, "values": {series: value}}; the summary gives
+running and waiting requests and KV-cache use (mean, max) and the server's TTFT histogram over the run
+(mean from _sum/_count deltas; percentiles interpolated within bucket deltas), beside the client's figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+
+# framework-neutral name -> the series each framework exports
+GAUGES = {
+    "running": ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size"),
+    "waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size"),
+    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"),
+}
+TTFT_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Series name with sorted labels -> value, via prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
+    return values
+
+
+def _series(values: dict[str, float], name: str) -> list[float]:
+    return [v for k, v in values.items() if k == name or k.startswith(name + "{")]
+
+
+def _bucket(values: dict[str, float], name: str) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for key, v in values.items():
+        if key.startswith(name + "_bucket{"):
+            le = [p.split("=", 1)[1] for p in key[len(name) + 8:-1].split(",") if p.startswith("le=")]
+            if le:
+                bound = float("inf") if le[0] in ("+Inf", "inf") else float(le[0])
+                out[bound] = out.get(bound, 0.0) + v
+    return out
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus-style: linear interpolation inside the bucket holding the q-th observation (cumulative counts)."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    prev_bound, prev_count = 0.0, 0.0
+    for b in bounds:
+        if buckets[b] >= rank:
+            if b == float("inf"):
+                return prev_bound
+            span = buckets[b] - prev_count
+            return prev_bound + (b - prev_bound) * ((rank - prev_count) / span if span else 0.0)
+        prev_bound, prev_count = b, buckets[b]
+    return prev_bound
+
+
+def summarize_server_metrics(rows: list[dict]) -> dict | None:
+    if not rows:
+        return None
+    out: dict = {"scrapes": len(rows)}
+    for label, names in GAUGES.items():
+        for name in names:
+            series = [sum(vals) for r in rows if (vals := _series(r["values"], name))]
+            if series:
+                out[label] = {"metric": name, "mean": sum(series) / len(series), "max": max(series)}
+                break
+    first, last = rows[0]["values"], rows[-1]["values"]
+    for name in TTFT_HISTOGRAMS:
+        count = sum(_series(last, name + "_count")) - sum(_series(first, name + "_count"))
+        if count > 0:
+            total = sum(_series(last, name + "_sum")) - sum(_series(first, name + "_sum"))
+            b1, b0 = _bucket(last, name), _bucket(first, name)
+            delta = {b: b1[b] - b0.get(b, 0.0) for b in b1}
+            out["server_ttft_ms"] = {
+                "metric": name, "requests": count, "mean": total / count * 1e3,
+                **{k: (v * 1e3 if (v := histogram_quantile(q, delta)) is not None else None)
+                   for k, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
+                "method": "deltas of the server's histogram over the run; percentiles interpolated within buckets",
+            }
+            break
+    return out
+
+
+async def scrape(url: str, path: Path, interval_s: float, stop: asyncio.Event, headers: dict[str, str]) -> int:
+    """Append one line per scrape until `stop` is set; failed scrapes are skipped (and counted)."""
+    failures = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(1.0, interval_s))) as session:
+        with open(path, "a", encoding="utf-8") as f:
+            while True:
+                t_ns = time.perf_counter_ns()
+                try:
+                    async with session.get(url, headers=headers) as resp:
+                        text = await resp.text() if resp.status == 200 else None
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    text = None
+                if text is None:
+                    failures += 1
+                else:
+                    try:
+                        f.write(json.dumps({"t_ns": t_ns, "values": parse_metrics(text)}) + "\n")
+                        f.flush()
+                    except ValueError:
+                        failures += 1
+                try:
+                    await asyncio.wait_for(stop.wait(), interval_s)
+                    return failures
+                except asyncio.TimeoutError:
+                    continue
+
+
+def read_server_metrics(path: Path, origin_ns: int | None = None) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if rows:
+        origin = origin_ns if origin_ns is not None else rows[0]["t_ns"]
+        for r in rows:
+            r["t_s"] = (r["t_ns"] - origin) / 1e9
+    return rows
