@@ -21,7 +21,8 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_documents_every_command():
     readme = (ROOT / "README.md").read_text()
-    for command in ("loadgen run", "loadgen sweep", "loadgen scenarios", "loadgen report", "loadgen compare", "loadgen locust",
+    for command in ("loadgen run --backend",
+                    "loadgen run", "loadgen sweep", "loadgen scenarios", "loadgen report", "loadgen compare", "loadgen locust",
                     "python -m training_bench micro",
                     "loadgen serve-sim", "loadgen catalog"):
         headings = [line for line in readme.splitlines() if line.startswith(("### ", "## "))]
