@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import asyncio
 import signal
 import subprocess
 import sys
@@ -11,10 +11,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from backends.process import ServerProcess, find_free_port
 from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
-from loadgen.launch import backend_name, check_url, sim_config
+from loadgen.launch import backend_name, check_url, open_endpoint, sim_config
 from loadgen.options import duration, positive_int
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -22,14 +21,22 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 def add_locust_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("target")
-    t.add_argument("--backend", choices=["sim", "openai"], help="sim (default without --url) or openai (with --url)")
+    t.add_argument("--backend", choices=["sim", "openai", "vllm", "tgi", "trtllm", "lightllm", "sglang"],
+                   help="launched (or, with --url, attached) as `loadgen run` does; default sim without --url")
     t.add_argument("--url", help="base URL of a running OpenAI-compatible server")
     t.add_argument("--model", help="sim: catalog model (default 7b); --url: model id (default: first listed)")
     t.add_argument("--gpu", default="h100", help="sim only: catalog GPU (default h100)")
     t.add_argument("--gpus", type=positive_int, default=1, help="sim only: GPUs / tensor parallelism (default 1)")
     t.add_argument("--profile", default=None, help="sim only: measured hardware profile JSON")
-    t.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
-    t.add_argument("--startup-timeout", type=duration, default=120.0, help="sim only: readiness wait (default 120s)")
+    t.add_argument("--endpoint", choices=["completions", "chat", "tgi", "lightllm", "triton"], default=None,
+                   help="protocol (default: the backend's own)")
+    t.add_argument("--tp", type=positive_int, default=None, help="tensor parallelism of a launched framework")
+    t.add_argument("--engine-arg", action="append", help="extra flag for a launched framework (repeatable)")
+    t.add_argument("--engine-cmd", help="replace a launched framework's executable")
+    t.add_argument("--docker", action="store_true", help="launch the framework's official image")
+    t.add_argument("--port", type=positive_int, default=None, help="port of a launched framework")
+    t.add_argument("--startup-timeout", type=duration, default=None,
+                   help="readiness wait for a launched server (default 120s sim, 30m frameworks)")
     w = p.add_argument_group("workload")
     w.add_argument("--input-len", default="512", help="prompt tokens (N, uniform:A,B, normal:M,S, lognormal:M,S)")
     w.add_argument("--output-len", default="128", help="output tokens, same forms")
@@ -71,45 +78,43 @@ def cmd_locust(args: argparse.Namespace) -> int:
         duration(args.run_time)
     args.ignore_eos = True
     args.max_context = None
-    worker_only = args.worker
-    backend = "openai" if worker_only and args.url else backend_name(args)
-    config = sim_config(args) if backend == "sim" and not worker_only else None
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.worker:  # a worker only generates load against the URL the master's users target
+        if not args.url:
+            raise LoadgenError("--worker needs --url of the server the master's run targets")
+        return _run_locust(args, check_url(args.url), args.model, 4096, args.endpoint or "completions", False, None)
+    backend = backend_name(args)
+    config = sim_config(args) if backend == "sim" else None
     run_dir = Path(args.output or f"results/{stamp}-locust-{backend}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    server = None
+
+    async def go() -> int:
+        async with open_endpoint(args, config, run_dir, {}) as ep:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, _run_locust, args, ep.url, ep.model, ep.max_context,
+                                              ep.protocol_name, ep.simulated, run_dir)
+
+    code = asyncio.run(go())
+    print(f"results: {run_dir}", file=sys.stderr)
+    return code
+
+
+def _run_locust(args, url: str, model: str | None, max_context: int, endpoint: str, simulated: bool,
+                run_dir: Path | None) -> int:
+    """Run Locust (and local workers) against `url`; returns Locust's exit code."""
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url,
+            "--loadgen-endpoint", endpoint, "--loadgen-input-len", args.input_len,
+            "--loadgen-output-len", args.output_len, "--loadgen-seed", str(args.seed),
+            "--loadgen-timeout", str(args.timeout), "--loadgen-max-context", str(max_context)]
+    if model:
+        base += ["--loadgen-model", model]
+    if simulated:
+        base += ["--loadgen-simulated"]
     procs: list[subprocess.Popen] = []
     try:
-        if config is not None:
-            port = find_free_port()
-            url = f"http://127.0.0.1:{port}"
-            from backends import sim as sim_backend
-
-            server = ServerProcess(sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1",
-                                                           port, config.profile.path if config.profile else None),
-                                   run_dir / "server.log", url + "/health", startup_timeout=args.startup_timeout,
-                                   name="simulated engine")
-            server.start()
-            import asyncio
-
-            asyncio.run(server.wait_ready())
-            model = config.model.name
-            max_context = config.model.max_context
-        else:
-            url = check_url(args.url) if args.url else "http://127.0.0.1:8000"
-            model = args.model
-            max_context = 4096
-        base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url,
-                "--loadgen-endpoint", args.endpoint, "--loadgen-input-len", args.input_len,
-                "--loadgen-output-len", args.output_len, "--loadgen-seed", str(args.seed),
-                "--loadgen-timeout", str(args.timeout), "--loadgen-max-context", str(max_context)]
-        if model:
-            base += ["--loadgen-model", model]
-        if config is not None:
-            base += ["--loadgen-simulated"]
         if args.worker:
-            cmd = base + ["--worker", "--master-host", args.master_host, "--master-port", str(args.master_port)]
-            return _wait(subprocess.Popen(cmd), procs)
+            return _wait(subprocess.Popen(base + ["--worker", "--master-host", args.master_host,
+                                                  "--master-port", str(args.master_port)]), procs)
         cmd = base + ["--loadgen-run-dir", str(run_dir), "--csv", str(run_dir / "locust"),
                       "--web-host", args.web_host, "--web-port", str(args.web_port)]
         if args.headless:
@@ -128,9 +133,7 @@ def cmd_locust(args: argparse.Namespace) -> int:
         for _ in range(args.workers):
             procs.append(subprocess.Popen(base + ["--worker", "--master-host", "127.0.0.1",
                                                   "--master-port", str(args.master_port)]))
-        code = _wait(master, procs)
-        print(f"results: {run_dir}", file=sys.stderr)
-        return code
+        return _wait(master, procs)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -140,8 +143,6 @@ def cmd_locust(args: argparse.Namespace) -> int:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        if server is not None:
-            server.stop()
 
 
 def _wait(main: subprocess.Popen, procs: list[subprocess.Popen]) -> int:

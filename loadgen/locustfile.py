@@ -24,7 +24,7 @@ from gevent.monkey import get_original
 from locust import User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from backends.openai_protocol import OpenAIProtocol
+from backends.registry import protocol_for
 from loadgen.client import Target, make_session, send_request
 from loadgen.distributions import LengthDistribution
 from loadgen.metrics import itl_ms, summarize, tpot_ms, ttft_ms
@@ -43,7 +43,8 @@ class RequestFailed(Exception):
 def _options(parser) -> None:
     g = parser.add_argument_group("loadgen")
     g.add_argument("--loadgen-model", default=None, help="model id to request (default: the first /v1/models lists)")
-    g.add_argument("--loadgen-endpoint", choices=["completions", "chat"], default="completions")
+    g.add_argument("--loadgen-endpoint", choices=["completions", "chat", "tgi", "lightllm", "triton"],
+                   default="completions", help="protocol")
     g.add_argument("--loadgen-input-len", default="512", help="prompt tokens (loadgen distribution forms)")
     g.add_argument("--loadgen-output-len", default="128", help="output tokens (loadgen distribution forms)")
     g.add_argument("--loadgen-max-context", type=int, default=4096)
@@ -106,7 +107,7 @@ class State:
                                  o.loadgen_max_context, seed=o.loadgen_seed + 1000 * self.worker)
         self.specs = self.workload.specs()
         self.model = o.loadgen_model
-        self.protocol = OpenAIProtocol(o.loadgen_endpoint)
+        self.protocol = protocol_for(o.loadgen_endpoint)
         self.timeout = o.loadgen_timeout
         key = os.environ.get("OPENAI_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -143,7 +144,7 @@ class LLMUser(User):
 
     def on_start(self) -> None:
         self.state = _state(self.environment)
-        if self.state.model is None:
+        if self.state.model is None and self.state.protocol.endpoint in ("completions", "chat"):
             self.state.model = _first_model(self.host, self.state)
 
     @task

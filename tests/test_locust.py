@@ -129,3 +129,31 @@ def test_web_ui_in_headless_chromium(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
     assert (out / "summary.json").exists() and json.loads((out / "summary.json").read_text())["requests"]["completed"] > 0
+
+
+def test_locust_launches_a_framework_through_its_adapter(tmp_path):
+    """--backend without --url launches the server exactly as `loadgen run` does (here the vLLM adapter with
+    --engine-cmd pointing at the protocol fixture), and --endpoint picks the protocol."""
+    out = tmp_path / "run"
+    fixture = f"{sys.executable} {ROOT / 'tests' / 'protocol_fixture.py'}"
+    proc = run_loadgen("locust", "--backend", "vllm", "--model", "fixture-model", "--engine-cmd", fixture,
+                       "--headless", "--users", "2", "--run-time", "3s", *SMALL, "--output", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(_stats(out)["ttft"]["Request Count"]) > 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["load"]["generator"] == "locust" and (out / "server.log").exists()
+
+
+def test_locust_speaks_tgi_when_attached(tmp_path):
+    from conftest import BackgroundServer
+
+    server = BackgroundServer([sys.executable, str(ROOT / "tests" / "protocol_fixture.py")])
+    try:
+        out = tmp_path / "run"
+        proc = run_loadgen("locust", "--backend", "tgi", "--url", server.url, "--headless", "--users", "2",
+                           "--run-time", "3s", *SMALL, "--output", str(out), timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        stats = _stats(out)
+        assert int(stats["ttft"]["Request Count"]) > 0 and int(stats["e2e"]["Failure Count"]) == 0
+    finally:
+        server.stop()
