@@ -7,55 +7,10 @@ with the OpenAI parser's interface: feed(line) -> tokens carried; done, usage, r
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-
-class _EventParser:
-    """Shared SSE handling: `data:` lines holding one JSON object each."""
-
-    __slots__ = ("done", "usage", "response_id", "error", "finish_reason", "text", "_tokens")
-    done_at_eof = False
-
-    def __init__(self, collect_text: bool = False) -> None:
-        self.done = False
-        self.usage: dict[str, int] | None = None
-        self.response_id: str | None = None
-        self.error: str | None = None
-        self.finish_reason: str | None = None
-        self.text: list[str] | None = [] if collect_text else None
-        self._tokens = 0
-
-    def feed(self, line: bytes) -> int:
-        if not line.startswith(b"data:"):
-            return 0
-        data = line[5:].strip()
-        if not data:
-            return 0
-        if data == b"[DONE]":
-            self.done = True
-            return 0
-        try:
-            event = json.loads(data)
-        except ValueError:
-            self.error = f"malformed SSE data: {data[:120]!r}"
-            return 0
-        if not isinstance(event, dict):
-            self.error = f"unexpected SSE data: {data[:120]!r}"
-            return 0
-        if "error" in event:
-            err = event["error"]
-            self.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            return 0
-        return self.event(event)
-
-    def event(self, event: dict) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def _text(self, piece: str | None) -> None:
-        if piece and self.text is not None:
-            self.text.append(piece)
+from backends.sse import EventParser as _EventParser
 
 
 class TGIStreamParser(_EventParser):
@@ -115,41 +70,52 @@ class TritonStreamParser(_EventParser):
         return 0
 
 
+def _text_prompt(prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
 @dataclass(frozen=True)
-class TGIProtocol:
+class _GenerateStreamProtocol:
+    """TGI-style `{"inputs": ..., "parameters": {...}}` to /generate_stream."""
+
+    endpoint: str = ""
+    ignore_eos: bool = True
+    path: str = "/generate_stream"
+    parser_class: type = _EventParser
+
+    def path_for(self, model: str) -> str:
+        return self.path
+
+    def parameters(self, output_tokens: int) -> dict[str, Any]:
+        return {"max_new_tokens": output_tokens, "do_sample": False}
+
+    def payload(self, model: str, prompt: str | list[int], output_tokens: int) -> dict[str, Any]:
+        return {"inputs": _text_prompt(prompt), "parameters": self.parameters(output_tokens)}
+
+    def parser(self, collect_text: bool = False) -> _EventParser:
+        return self.parser_class(collect_text)
+
+
+@dataclass(frozen=True)
+class TGIProtocol(_GenerateStreamProtocol):
     endpoint: str = "tgi"
-    ignore_eos: bool = True
-    path: str = "/generate_stream"
+    parser_class: type = TGIStreamParser
 
-    def path_for(self, model: str) -> str:
-        return self.path
-
-    def payload(self, model: str, prompt: str | list[int], output_tokens: int) -> dict[str, Any]:
+    def parameters(self, output_tokens: int) -> dict[str, Any]:
         # TGI has no ignore_eos: max_new_tokens caps the length and the record keeps the real count.
-        return {"inputs": prompt if isinstance(prompt, str) else " ".join(map(str, prompt)),
-                "parameters": {"max_new_tokens": output_tokens, "details": True, "do_sample": False}}
-
-    def parser(self, collect_text: bool = False) -> TGIStreamParser:
-        return TGIStreamParser(collect_text)
+        return {**super().parameters(output_tokens), "details": True}
 
 
 @dataclass(frozen=True)
-class LightLLMProtocol:
+class LightLLMProtocol(_GenerateStreamProtocol):
     endpoint: str = "lightllm"
-    ignore_eos: bool = True
-    path: str = "/generate_stream"
+    parser_class: type = LightLLMStreamParser
 
-    def path_for(self, model: str) -> str:
-        return self.path
-
-    def payload(self, model: str, prompt: str | list[int], output_tokens: int) -> dict[str, Any]:
-        params: dict[str, Any] = {"max_new_tokens": output_tokens, "do_sample": False}
+    def parameters(self, output_tokens: int) -> dict[str, Any]:
+        params = super().parameters(output_tokens)
         if self.ignore_eos:
             params["ignore_eos"] = True
-        return {"inputs": prompt if isinstance(prompt, str) else " ".join(map(str, prompt)), "parameters": params}
-
-    def parser(self, collect_text: bool = False) -> LightLLMStreamParser:
-        return LightLLMStreamParser(collect_text)
+        return params
 
 
 @dataclass(frozen=True)
@@ -162,7 +128,7 @@ class TritonProtocol:
         return self.path.format(model=model)
 
     def payload(self, model: str, prompt: str | list[int], output_tokens: int) -> dict[str, Any]:
-        body: dict[str, Any] = {"text_input": prompt if isinstance(prompt, str) else " ".join(map(str, prompt)),
+        body: dict[str, Any] = {"text_input": _text_prompt(prompt),
                                 "max_tokens": output_tokens, "stream": True, "bad_words": "", "stop_words": ""}
         if self.ignore_eos:
             body["end_id"] = -1  # TensorRT-LLM ensemble: no token ends the sequence early

@@ -6,9 +6,10 @@ The parser is called once per SSE line on the load path, so it does the least wo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from backends.sse import EventParser
 
 ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
@@ -48,41 +49,11 @@ class OpenAIProtocol:
         return OpenAIStreamParser(collect_text)
 
 
-class OpenAIStreamParser:
-    """Feed it SSE lines; it says how many tokens each carried and keeps usage, id and errors."""
+class OpenAIStreamParser(EventParser):
+    """OpenAI completions/chat chunks: tokens in choices[].text or choices[].delta.content; usage at the end
+    (or in every chunk with continuous usage stats, which then gives the exact tokens per chunk)."""
 
-    __slots__ = ("done", "usage", "response_id", "error", "finish_reason", "_usage_tokens", "text")
-    done_at_eof = False  # the stream must end with [DONE]
-
-    def __init__(self, collect_text: bool = False) -> None:
-        self.text: list[str] | None = [] if collect_text else None  # kept only to count tokens without usage
-        self.done = False
-        self.usage: dict[str, int] | None = None
-        self.response_id: str | None = None
-        self.error: str | None = None
-        self.finish_reason: str | None = None
-        self._usage_tokens = 0
-
-    def feed(self, line: bytes) -> int:
-        """Tokens carried by this line: 0 for keep-alives, role-only deltas, usage-only and [DONE] lines."""
-        if not line.startswith(b"data:"):
-            return 0  # blank separators, "event:" and ":" comment lines
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            self.done = True
-            return 0
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            self.error = f"malformed SSE data: {data[:120]!r}"
-            return 0
-        if not isinstance(chunk, dict):
-            self.error = f"unexpected SSE data: {data[:120]!r}"
-            return 0
-        if "error" in chunk:
-            err = chunk["error"]
-            self.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-            return 0
+    def event(self, chunk: dict) -> int:
         if self.response_id is None:
             self.response_id = chunk.get("id")
         usage = chunk.get("usage")
@@ -102,6 +73,5 @@ class OpenAIStreamParser:
             self.usage = usage
             completion = usage.get("completion_tokens")
             if isinstance(completion, int) and choices:
-                # Continuous usage stats: the exact number of tokens in this chunk.
-                carried, self._usage_tokens = completion - self._usage_tokens, completion
+                carried, self._tokens = completion - self._tokens, completion
         return carried

@@ -135,7 +135,7 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
             server.start()
             await server.wait_ready()
             info.update(launch_command=argv, ready_after_s=server.ready_after_s, log=str(log_dir / "server.log"),
-                        sim=await get_json(url + "/sim/info"))
+                        pid=server.proc.pid if server.proc else None, sim=await get_json(url + "/sim/info"))
         elif backend in FRAMEWORKS and not opts.url:
             if opts.port and port_in_use("127.0.0.1", opts.port):
                 raise LoadgenError(f"port {opts.port} on 127.0.0.1 is already in use; choose another --port or stop "
@@ -147,6 +147,7 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
             server.start()
             await server.wait_ready()
             info.update(launch_command=spec.argv, launch_env=spec.env, ready_after_s=server.ready_after_s,
+                        pid=server.proc.pid if server.proc else None,
                         log=str(log_dir / "server.log"), docker_image=spec.docker_image,
                         version=await _server_version(url, spec))
         else:

@@ -114,13 +114,11 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
-def _fixture_pids() -> set[int]:
-    found = subprocess.run(["pgrep", "-f", "protocol_fixture.py"], capture_output=True, text=True)
-    return {int(p) for p in found.stdout.split()}
+def _launched_pid(out: Path) -> int:
+    return json.loads((out / "run.json").read_text())["backend"]["pid"]
 
 
 def test_launch_through_the_real_adapter_and_stop(tmp_path):
-    before = _fixture_pids()
     out, proc = _launch(tmp_path, "--qps", "40", "--num-requests", "20")
     assert proc.returncode == 0, proc.stderr
     run = json.loads((out / "run.json").read_text())
@@ -129,18 +127,17 @@ def test_launch_through_the_real_adapter_and_stop(tmp_path):
     assert run["backend"]["version"] == "fixture-0.0" and run["backend"]["ready_after_s"] > 0
     assert len((out / "requests.jsonl").read_text().splitlines()) == 20
     time.sleep(0.3)
-    assert _fixture_pids() <= before  # the launched server is gone
+    assert not _alive(_launched_pid(out))  # the launched server is gone
 
 
 def test_crash_mid_run_is_recorded_and_leaves_nothing(tmp_path):
-    before = _fixture_pids()
     out, proc = _launch(tmp_path, "--qps", "40", "--num-requests", "40", "--engine-arg=--die-after=10")
     assert proc.returncode == 0, proc.stderr
     status = Counter(json.loads(x)["status"] for x in (out / "requests.jsonl").read_text().splitlines())
     # requests 1-10 were served (some were still streaming when request 11 killed the server)
     assert 1 <= status["ok"] <= 10 and sum(status.values()) == 40
     assert status["error:connection"] + status["error:stream"] > 0
-    assert _fixture_pids() <= before
+    assert not _alive(_launched_pid(out))
 
 
 def test_launch_failure_quotes_the_log_and_leaves_nothing(tmp_path):
@@ -155,19 +152,18 @@ def test_launch_failure_quotes_the_log_and_leaves_nothing(tmp_path):
 
 
 def test_ctrl_c_stops_the_launched_server(tmp_path):
-    before = _fixture_pids()
     out, proc = _launch(tmp_path, "--qps", "5", "--num-requests", "1000", wait=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (out / "requests.jsonl").exists():
         time.sleep(0.2)
     time.sleep(1.0)
-    launched = _fixture_pids() - before
-    assert launched
+    pid = _launched_pid(out)
+    assert _alive(pid)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
     time.sleep(0.3)
-    assert not any(_alive(p) for p in launched)
+    assert not _alive(pid)
 
 
 def test_port_already_taken_is_a_clear_error(tmp_path):

@@ -1,0 +1,55 @@
+"""Server-sent events as LLM servers send them: `data:` lines, one JSON object each, maybe a `[DONE]` marker.
+
+Parsers for each protocol subclass EventParser and implement event(); this is called once per SSE line on
+the load path, so it does the least work that answers "does this line carry tokens, and how many".
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class EventParser:
+    """Shared SSE handling: `data:` lines holding one JSON object each."""
+
+    __slots__ = ("done", "usage", "response_id", "error", "finish_reason", "text", "_tokens")
+    done_at_eof = False
+
+    def __init__(self, collect_text: bool = False) -> None:
+        self.done = False
+        self.usage: dict[str, int] | None = None
+        self.response_id: str | None = None
+        self.error: str | None = None
+        self.finish_reason: str | None = None
+        self.text: list[str] | None = [] if collect_text else None
+        self._tokens = 0
+
+    def feed(self, line: bytes) -> int:
+        if not line.startswith(b"data:"):
+            return 0
+        data = line[5:].strip()
+        if not data:
+            return 0
+        if data == b"[DONE]":
+            self.done = True
+            return 0
+        try:
+            event = json.loads(data)
+        except ValueError:
+            self.error = f"malformed SSE data: {data[:120]!r}"
+            return 0
+        if not isinstance(event, dict):
+            self.error = f"unexpected SSE data: {data[:120]!r}"
+            return 0
+        if "error" in event:
+            err = event["error"]
+            self.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+            return 0
+        return self.event(event)
+
+    def event(self, event: dict) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _text(self, piece: str | None) -> None:
+        if piece and self.text is not None:
+            self.text.append(piece)
