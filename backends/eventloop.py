@@ -8,14 +8,6 @@ from typing import Any, Coroutine, TypeVar
 T = TypeVar("T")
 
 
-def loop_name() -> str:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
-
-
 def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop

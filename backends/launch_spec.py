@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +61,7 @@ class LaunchSpec:
     endpoints: tuple[str, ...]
     docker_image: str | None = None
     version_paths: tuple[str, ...] = ("/version",)
+    model: str = ""  # the model reference the server was given (what it serves the model as)
 
     @property
     def url(self) -> str:

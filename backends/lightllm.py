@@ -20,4 +20,4 @@ def launch(req: LaunchRequest) -> LaunchSpec:
         argv = [*exe, "-m", "lightllm.server.api_server", "--model_dir", model, "--host", req.host,
                 "--port", str(req.port), *opts, *req.engine_args]
     return LaunchSpec("lightllm", argv, {}, req.host, req.port, "/health", None, "lightllm", ("lightllm", "chat"),
-                      IMAGE if req.docker else None, ())
+                      IMAGE if req.docker else None, (), model=model)

@@ -13,17 +13,22 @@ from typing import Any
 from backends.sse import EventParser as _EventParser
 
 
-class TGIStreamParser(_EventParser):
+class _TokenEventParser(_EventParser):
+    """TGI-style events: one generated token per event under "token"; special tokens carry no text."""
+
+    def _token(self, token: dict | None) -> int:
+        if not token or token.get("special", False):
+            return 0
+        self._text(token.get("text"))
+        return 1
+
+
+class TGIStreamParser(_TokenEventParser):
     """TGI: one event per token, {"token": {"id", "text", "special"}, "generated_text", "details"}; the last
     event has generated_text and details (finish_reason, generated_tokens)."""
 
     def event(self, event: dict) -> int:
-        token = event.get("token") or {}
-        carried = 0
-        if token and not token.get("special", False):
-            carried = 1
-            self._tokens += 1
-            self._text(token.get("text"))
+        carried = self._token(event.get("token"))
         details = event.get("details")
         if event.get("generated_text") is not None or details:
             self.done = True
@@ -34,18 +39,14 @@ class TGIStreamParser(_EventParser):
         return carried
 
 
-class LightLLMStreamParser(_EventParser):
+class LightLLMStreamParser(_TokenEventParser):
     """LightLLM: TGI-like events with "finished" and "finish_reason"; tokens may carry count_output_tokens."""
 
     def event(self, event: dict) -> int:
         token = event.get("token") or {}
-        carried = 0
-        if token and not token.get("special", False):
-            carried = 1
-            self._tokens += 1
-            self._text(token.get("text"))
-            if isinstance(token.get("count_output_tokens"), int):
-                self.usage = {"completion_tokens": token["count_output_tokens"]}
+        carried = self._token(token)
+        if carried and isinstance(token.get("count_output_tokens"), int):
+            self.usage = {"completion_tokens": token["count_output_tokens"]}
         if event.get("finished"):
             self.done = True
             self.finish_reason = event.get("finish_reason")

@@ -76,7 +76,7 @@ def iteration_cost(
         return IterationCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     layer_matmul_params = model.num_layers * model.layer_params
     flops = 2.0 * layer_matmul_params * tokens + 2.0 * model.vocab_size * model.hidden_size * logits + attn
-    weight_bytes = (layer_matmul_params + model.vocab_size * model.hidden_size) * params.dtype_bytes
+    weight_bytes = model.matmul_params * params.dtype_bytes
     kv_bytes = kv_tokens_touched * model.kv_bytes_per_token(params.dtype_bytes)
     bytes_per_gpu = (weight_bytes + kv_bytes) / tp
     compute_s = flops / (tp * gpu.peak_flops * params.compute_efficiency)

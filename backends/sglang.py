@@ -20,4 +20,4 @@ def launch(req: LaunchRequest) -> LaunchSpec:
         argv = [*exe, "-m", "sglang.launch_server", "--model-path", model, "--host", req.host,
                 "--port", str(req.port), *opts, *req.engine_args]
     return LaunchSpec("sglang", argv, {}, req.host, req.port, "/health", "/metrics", "completions",
-                      ("completions", "chat"), IMAGE if req.docker else None, ("/get_server_info", "/version"))
+                      ("completions", "chat"), IMAGE if req.docker else None, ("/get_server_info", "/version"), model=model)

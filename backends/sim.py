@@ -19,7 +19,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -29,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
 
-from backends import eventloop
 from backends.errors import BackendError
+from backends.http_server import serve_until_stopped
 from backends.profile_cost import Profile
 from backends.roofline import EngineCostParams, iteration_cost, memory_plan
 from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
@@ -127,8 +126,6 @@ class SimEngine:
         self._stop = threading.Event()
         self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
         self._thread = threading.Thread(target=self._run, name="sim-engine", daemon=True)
-        self.iterations = 0
-        self.busy_s = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -183,8 +180,6 @@ class SimEngine:
             if remaining > 0:
                 time.sleep(remaining)
             events = self.scheduler.complete(plan)
-            self.iterations += 1
-            self.busy_s += seconds
             if events:
                 self.loop.call_soon_threadsafe(self._deliver, events)
 
@@ -197,7 +192,6 @@ class SimServer:
         self.engine: SimEngine | None = None
         self.ground_truth: dict[str, GroundTruth] = {}
         self._ids = itertools.count()
-        self.started = time.time()
         self.app = web.Application()
         self.app.add_routes(
             [
@@ -435,24 +429,13 @@ def serve(config: SimConfig, host: str, port: int) -> None:
     """Run the sim server in the foreground until SIGINT/SIGTERM; prints one readiness line."""
     server = SimServer(config)
 
-    async def main() -> None:
-        runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+    def started(bound: int) -> None:
         print(f"dissect sim (SIMULATED {config.model.name} on {config.tp}x {config.gpu.key}) "
               f"listening on http://{host}:{bound}", flush=True)
         gc.collect()
         gc.freeze()  # long-lived server state is never rescanned: no multi-ms collections mid-stream
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
 
-    eventloop.run(main())
+    serve_until_stopped(server.app, host, port, started)
 
 
 def _exit_when_orphaned() -> None:

@@ -19,4 +19,4 @@ def launch(req: LaunchRequest) -> LaunchSpec:
         exe = list(req.engine_cmd) or ["text-generation-launcher"]
         argv = [*exe, "--model-id", model, "--hostname", req.host, "--port", str(req.port), *opts, *req.engine_args]
     return LaunchSpec("tgi", argv, {}, req.host, req.port, "/health", "/metrics", "tgi", ("tgi", "chat"),
-                      IMAGE if req.docker else None, ("/info",))
+                      IMAGE if req.docker else None, ("/info",), model=model)

@@ -19,4 +19,4 @@ def launch(req: LaunchRequest) -> LaunchSpec:
         exe = list(req.engine_cmd) or ["trtllm-serve"]
         argv = [*exe, model, "--host", req.host, "--port", str(req.port), *opts, *req.engine_args]
     return LaunchSpec("trtllm", argv, {}, req.host, req.port, "/health", "/metrics", "completions",
-                      ("completions", "chat", "triton"), IMAGE if req.docker else None, ("/version",))
+                      ("completions", "chat", "triton"), IMAGE if req.docker else None, ("/version",), model=model)

@@ -22,4 +22,4 @@ def launch(req: LaunchRequest) -> LaunchSpec:
         argv = ["vllm", "serve", model, "--host", req.host, "--port", str(req.port), *opts, *req.engine_args]
     return LaunchSpec("vllm", argv, {"HF_HUB_OFFLINE": "1"} if req.is_local_path else {}, req.host, req.port,
                       "/health", "/metrics", "completions", ("completions", "chat"), IMAGE if req.docker else None,
-                      ("/version",))
+                      ("/version",), model=model)

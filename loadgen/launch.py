@@ -163,7 +163,7 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
         if spec is not None and listed:
             model = listed[0]["id"]  # what the framework serves the model as
         elif spec is not None and not opts.url:
-            model = spec.argv[spec.argv.index("--model") + 1] if "--model" in spec.argv else (opts.model or "")
+            model = spec.model
         if model is None:
             if not listed:
                 raise LoadgenError(f"{url}/v1/models lists no model; pass --model with the id the server serves")

@@ -12,7 +12,6 @@ the master (or the local runner), which writes requests.jsonl and, when the test
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from dataclasses import asdict
@@ -29,7 +28,8 @@ from loadgen.client import Target, make_session, send_request
 from loadgen.distributions import LengthDistribution
 from loadgen.metrics import itl_ms, summarize, tpot_ms, ttft_ms
 from loadgen.records import RecordWriter, RequestRecord, read_records
-from loadgen.rundir import environment, utc_now, write_json
+from loadgen.rundir import environment as host_environment  # `environment` is Locust's, below
+from loadgen.rundir import utc_now, write_json
 from loadgen.workload import Workload
 
 RECORDS_MESSAGE = "loadgen_records"
@@ -256,7 +256,7 @@ def _on_quit(environment, **_kwargs) -> None:
     summary["load_generator"] = "locust"
     write_json(run_dir / "summary.json", summary)
     write_json(run_dir / "run.json", {
-        "status": "finished", "finished_at": utc_now(), "environment": environment_info(),
+        "status": "finished", "finished_at": utc_now(), "environment": host_environment(),
         "backend": {"name": "locust", "url": o.host, "simulated": bool(o.loadgen_simulated)},
         "model": o.loadgen_model, "endpoint": o.loadgen_endpoint,
         "workload": {"source": "synthetic", "input_len": str(LengthDistribution.parse(o.loadgen_input_len)),
@@ -265,6 +265,3 @@ def _on_quit(environment, **_kwargs) -> None:
                  "run_time": o.run_time},
     })
 
-
-def environment_info() -> dict:
-    return environment()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 
 # status values: "ok", "error:<kind>" (http, connection, stream, empty, ...), "timeout", "cancelled"
 OK = "ok"
@@ -72,8 +72,3 @@ def read_records(path: Path) -> list[RequestRecord]:
     with open(path, encoding="utf-8") as f:
         return [RequestRecord.from_dict(json.loads(line)) for line in f if line.strip()]
 
-
-def write_records(path: Path, records: Iterable[RequestRecord]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(r.to_json() + "\n")

@@ -9,7 +9,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,3 @@ def environment() -> dict:
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-def monotonic_to_wall(ns: int) -> float:
-    """Convert a perf_counter_ns stamp to a Unix time, for humans reading run.json."""
-    return time.time() - (time.perf_counter_ns() - ns) / 1e9

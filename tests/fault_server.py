@@ -15,10 +15,11 @@ import argparse
 import asyncio
 import json
 import random
-import signal
 from collections import Counter
 
 from aiohttp import web
+
+from backends.http_server import serve_until_stopped
 
 BEHAVIOURS = ("ok", "slow", "http500", "http429", "cut", "malformed", "stall", "empty", "reset")
 
@@ -109,19 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     server = FaultServer(args.mix, args.tokens, args.itl, args.slow_first, args.seed)
 
-    async def run() -> None:
-        runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", args.port).start()
-        print(f"fault server on 127.0.0.1:{args.port}", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(run())
-
+    serve_until_stopped(server.app, "127.0.0.1", args.port,
+                        lambda port: print(f"fault server on 127.0.0.1:{port}", flush=True))
 
 if __name__ == "__main__":
     main()

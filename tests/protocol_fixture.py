@@ -14,9 +14,10 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 
 from aiohttp import web
+
+from backends.http_server import serve_until_stopped
 
 
 def build_app(itl: float, die_after: int | None, native: str = "tgi") -> web.Application:
@@ -125,18 +126,7 @@ def main() -> None:
     args, _unknown = parser.parse_known_args()
     app = build_app(args.itl, args.die_after, args.native)
 
-    async def run() -> None:
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, args.host, args.port).start()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(run())
-
+    serve_until_stopped(app, args.host, args.port)
 
 if __name__ == "__main__":
     main()

@@ -41,6 +41,7 @@ def test_launch_argv_matrix(framework, model, gpus):
         assert HF[model] in argv
     assert "9123" in argv and "127.0.0.1" in argv  # loopback unless told otherwise
     assert spec.ready_path == "/health"
+    assert spec.model == HF[model]  # what the server serves the model as
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
@@ -50,6 +51,7 @@ def test_docker_tp_override_and_passthrough(framework, tmp_path):
     argv = spec.argv
     assert argv[:3] == ["docker", "run", "--rm"] and "--gpus" in argv and spec.docker_image in argv
     assert f"{tmp_path}:/model:ro" in argv and "/model" in argv  # a local model is mounted read-only
+    assert spec.model == "/model"
     assert argv[argv.index(TP_FLAG[framework]) + 1] == "4" and argv[-2:] == ["--extra-flag", "1"]
     assert "127.0.0.1:9000:" in argv[argv.index("-p") + 1]
 
