@@ -62,6 +62,7 @@ class LaunchSpec:
     docker_image: str | None = None
     version_paths: tuple[str, ...] = ("/version",)
     model: str = ""  # the model reference the server was given (what it serves the model as)
+    weights: str = "checkpoint"  # or how the engine made them up (vLLM --load-format dummy)
 
     @property
     def url(self) -> str:

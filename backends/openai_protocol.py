@@ -18,6 +18,9 @@ ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completion
 class OpenAIProtocol:
     endpoint: str = "completions"  # or "chat"
     ignore_eos: bool = True
+    # vLLM's stream_options.continuous_usage_stats: usage in every chunk, so a token whose text is empty (a partial
+    # UTF-8 sequence, a special token) is still counted, and the first token is timed even when it prints nothing.
+    continuous_usage: bool = False
 
     @property
     def path(self) -> str:
@@ -31,7 +34,8 @@ class OpenAIProtocol:
             "model": model,
             "max_tokens": output_tokens,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": ({"include_usage": True, "continuous_usage_stats": True} if self.continuous_usage
+                               else {"include_usage": True}),
             "temperature": 0.0,
         }
         if self.ignore_eos:

@@ -135,6 +135,8 @@ class ServerProcess:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        if pgid is not None:
+            _wait_group_gone(pgid, 5.0)
 
     def kill_now(self) -> None:
         """SIGKILL the process group without waiting: for a forced exit."""
@@ -150,3 +152,18 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    """Children SIGKILLed with the group exit asynchronously (their reaper is init): wait until none is left, so a
+    caller that returns has really stopped the server (its memory and ports are free)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        time.sleep(0.02)
+    return False

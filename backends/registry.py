@@ -16,11 +16,12 @@ FRAMEWORKS: dict[str, Adapter] = {
     "sglang": sglang.launch,
 }
 ENDPOINTS = ("completions", "chat", "tgi", "lightllm", "triton")
+CONTINUOUS_USAGE_BACKENDS = frozenset({"vllm"})  # accept stream_options.continuous_usage_stats
 
 
-def protocol_for(endpoint: str, ignore_eos: bool = True):
+def protocol_for(endpoint: str, ignore_eos: bool = True, backend: str | None = None):
     if endpoint in ("completions", "chat"):
-        return OpenAIProtocol(endpoint, ignore_eos)
+        return OpenAIProtocol(endpoint, ignore_eos, continuous_usage=backend in CONTINUOUS_USAGE_BACKENDS)
     if endpoint == "tgi":
         return TGIProtocol(ignore_eos=ignore_eos)
     if endpoint == "lightllm":

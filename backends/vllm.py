@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from backends.launch_spec import LaunchRequest, LaunchSpec, docker_argv
+from backends.model_dir import has_weights
 
 IMAGE = "vllm/vllm-openai:latest"
 
@@ -12,6 +15,13 @@ def launch(req: LaunchRequest) -> LaunchSpec:
     opts = ["--tensor-parallel-size", str(req.tensor_parallel)]
     if req.max_model_len:
         opts += ["--max-model-len", str(req.max_model_len)]
+    weights = "checkpoint"
+    if any(a.startswith("--load-format") for a in req.engine_args):
+        weights = "as the --engine-arg --load-format says"
+    elif req.is_local_path and not has_weights(Path(model)):
+        # A directory from `loadgen make-model --weights none`: vLLM initialises random weights itself.
+        weights = "dummy (random, initialised by vLLM)"
+        opts += ["--load-format", "dummy"]
     if req.docker:
         argv, model = docker_argv(IMAGE, req, 8000, [], shm=None)
         argv += ["--model", model, "--host", "0.0.0.0", "--port", "8000", *opts, *req.engine_args]
@@ -22,4 +32,4 @@ def launch(req: LaunchRequest) -> LaunchSpec:
         argv = ["vllm", "serve", model, "--host", req.host, "--port", str(req.port), *opts, *req.engine_args]
     return LaunchSpec("vllm", argv, {"HF_HUB_OFFLINE": "1"} if req.is_local_path else {}, req.host, req.port,
                       "/health", "/metrics", "completions", ("completions", "chat"), IMAGE if req.docker else None,
-                      ("/version",), model=model)
+                      ("/version",), model=model, weights=weights)

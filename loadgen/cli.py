@@ -32,7 +32,7 @@ from loadgen.report import format_summary
 from loadgen.rundir import create_run_dir, slug, write_json
 from loadgen.slo import parse_slo
 from loadgen.sweep import find_max_rate, meets, sweep_table
-from scenarios.catalog import CatalogError, list_gpus, list_models
+from scenarios.catalog import CatalogError, get_model, list_gpus, list_models
 from scenarios.scenario import list_scenarios, load_scenario
 
 USER_ERRORS = (LoadgenError, CatalogError, BackendError)
@@ -112,6 +112,18 @@ def build_parser() -> Parser:
 
     cat = sub.add_parser("catalog", help="list the catalog's models and GPUs")
     cat.set_defaults(func=cmd_catalog)
+
+    mm = sub.add_parser("make-model", help="write a serving-ready model directory for a catalog model (no download)",
+                        description="Write config.json with the catalog model's real architecture, a tokenizer "
+                                    "trained here with its real vocabulary size and, with --weights random, random "
+                                    "bf16 safetensors. Without weights, vLLM is started with --load-format dummy.")
+    mm.add_argument("--model", required=True, help="catalog model (see `loadgen catalog`), e.g. 7b, 70b, tiny")
+    mm.add_argument("--out", required=True, help="directory to write (must be empty unless --force)")
+    mm.add_argument("--weights", choices=["none", "random"], default="none",
+                    help="none (default): the engine initialises weights; random: write bf16 safetensors "
+                         "(built on the GPU when there is one; needs torch)")
+    mm.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    mm.set_defaults(func=cmd_make_model)
     return parser
 
 
@@ -188,7 +200,7 @@ def _dry_run(opts: argparse.Namespace, backend: str, config) -> int:
             print(f"export {key}={shlex.quote(value)}")
         print(shlex.join(spec.argv))
         print(f"# ready when GET {spec.url}{spec.ready_path} answers 200; metrics: "
-              f"{spec.metrics_path or 'none'}; endpoint: {opts.endpoint or spec.default_endpoint}")
+              f"{spec.metrics_path or 'none'}; endpoint: {opts.endpoint or spec.default_endpoint}; weights: {spec.weights}")
         return 0
     if config is not None:
         print(shlex.join(sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1",
@@ -408,6 +420,19 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     rows = [[g.key, ",".join(g.aliases), g.name, g.peak_bf16_tflops, g.hbm_bandwidth_gbs, g.memory_gib,
              g.interconnect_gbs] for g in list_gpus()]
     print(tabulate(rows, headers=["gpu", "aliases", "name", "bf16 TFLOP/s", "HBM GB/s", "GiB", "link GB/s/dir"]))
+    return 0
+
+
+def cmd_make_model(args: argparse.Namespace) -> int:
+    from backends.model_dir import write_model_dir
+
+    spec = get_model(args.model)
+    result = write_model_dir(spec, Path(args.out), args.weights, args.force)
+    weights = ", ".join(result.weight_files) if result.weight_files else "none (engines initialise them)"
+    n = spec.param_count
+    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+    print(f"{result.path}: {spec.name} ({size} parameters, {spec.num_layers} layers), "
+          f"tokenizer {result.vocab_size} ids ({result.trained_tokens} learned), weights: {weights}")
     return 0
 
 

@@ -50,7 +50,7 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     from tqdm import tqdm
 
     slo = parse_slo(opts.slo) if opts.slo else None
-    protocol = protocol_for(endpoint.protocol_name, opts.ignore_eos)
+    protocol = protocol_for(endpoint.protocol_name, opts.ignore_eos, endpoint.info.get("name"))
     target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
     run_info: dict = {
         "status": "running",

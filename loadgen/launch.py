@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -70,7 +70,19 @@ def launch_spec(opts: argparse.Namespace, backend: str, port: int | None = None)
                         port=port or opts.port or 8000, engine_args=tuple(opts.engine_arg or ()),
                         engine_cmd=tuple(shlex.split(opts.engine_cmd)) if opts.engine_cmd else (),
                         docker=bool(opts.docker), max_model_len=opts.max_context)
-    return adapter(backend)(req)
+    spec = adapter(backend)(req)
+    paths = getattr(opts, "engine_path", None)
+    if paths:
+        if opts.docker:
+            raise LoadgenError("--engine-path adds to the local PYTHONPATH; it does not combine with --docker")
+        missing = [p for p in paths if not os.path.isdir(os.path.expanduser(p))]
+        if missing:
+            raise LoadgenError(f"--engine-path {missing[0]} is not a directory; give the folder the engine's wheels "
+                               "were installed into (pip install --target DIR)")
+        current = os.environ.get("PYTHONPATH")
+        joined = os.pathsep.join([os.path.abspath(os.path.expanduser(p)) for p in paths] + ([current] if current else []))
+        spec = replace(spec, env={**spec.env, "PYTHONPATH": joined})
+    return spec
 
 
 def endpoint_name(opts: argparse.Namespace, backend: str, spec: LaunchSpec | None) -> str:
@@ -148,7 +160,7 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
             await server.wait_ready()
             info.update(launch_command=spec.argv, launch_env=spec.env, ready_after_s=server.ready_after_s,
                         pid=server.proc.pid if server.proc else None,
-                        log=str(log_dir / "server.log"), docker_image=spec.docker_image,
+                        log=str(log_dir / "server.log"), docker_image=spec.docker_image, weights=spec.weights,
                         version=await _server_version(url, spec))
         else:
             url = check_url(opts.url)

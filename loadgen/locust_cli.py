@@ -108,6 +108,8 @@ def _run_locust(args, url: str, model: str | None, max_context: int, endpoint: s
             "--loadgen-timeout", str(args.timeout), "--loadgen-max-context", str(max_context)]
     if model:
         base += ["--loadgen-model", model]
+    if args.backend:
+        base += ["--loadgen-backend", args.backend]
     if simulated:
         base += ["--loadgen-simulated"]
     procs: list[subprocess.Popen] = []

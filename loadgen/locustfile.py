@@ -45,6 +45,8 @@ def _options(parser) -> None:
     g.add_argument("--loadgen-model", default=None, help="model id to request (default: the first /v1/models lists)")
     g.add_argument("--loadgen-endpoint", choices=["completions", "chat", "tgi", "lightllm", "triton"],
                    default="completions", help="protocol")
+    g.add_argument("--loadgen-backend", default=None,
+                   help="the server's framework (vllm: usage in every chunk, so empty-text tokens count)")
     g.add_argument("--loadgen-input-len", default="512", help="prompt tokens (loadgen distribution forms)")
     g.add_argument("--loadgen-output-len", default="128", help="output tokens (loadgen distribution forms)")
     g.add_argument("--loadgen-max-context", type=int, default=4096)
@@ -107,7 +109,7 @@ class State:
                                  o.loadgen_max_context, seed=o.loadgen_seed + 1000 * self.worker)
         self.specs = self.workload.specs()
         self.model = o.loadgen_model
-        self.protocol = protocol_for(o.loadgen_endpoint)
+        self.protocol = protocol_for(o.loadgen_endpoint, backend=o.loadgen_backend)
         self.timeout = o.loadgen_timeout
         key = os.environ.get("OPENAI_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}

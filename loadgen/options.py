@@ -84,12 +84,13 @@ DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any] | None]] = {
     "tp": (None, positive_int),
     "engine_arg": (None, None),
     "engine_cmd": (None, None),
+    "engine_path": (None, None),
     "docker": (False, None),
     "dry_run": (False, None),
     "port": (None, positive_int),
     "api_key": (None, None),
     "ignore_eos": (True, None),
-    "startup_timeout": (120.0, duration),
+    "startup_timeout": (None, duration),
     "profile": (None, str),
     "input_len": ("512", str),
     "output_len": ("128", str),
@@ -158,6 +159,9 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
     t.add_argument("--engine-arg", action="append", help="extra flag passed to the launched framework (repeatable), "
                                                           "e.g. --engine-arg=--max-num-seqs=128")
     t.add_argument("--engine-cmd", help="replace the framework's executable, e.g. '/opt/venv/bin/python' for vLLM")
+    t.add_argument("--engine-path", action="append", metavar="DIR",
+                   help="put DIR first on the launched framework's PYTHONPATH (repeatable): an engine installed with "
+                        "`pip install --target DIR` from `loadgen engine-wheels`, for machines without internet")
     t.add_argument("--docker", action="store_const", const=True, help="launch the framework's official image")
     t.add_argument("--port", type=positive_int, help="port for a launched framework (default: a free one)")
     t.add_argument("--dry-run", action="store_const", const=True,

@@ -95,8 +95,9 @@ def summarize_server_metrics(rows: list[dict]) -> dict | None:
 
 
 async def scrape(url: str, path: Path, interval_s: float, stop: asyncio.Event, headers: dict[str, str]) -> int:
-    """Append one line per scrape until `stop` is set; failed scrapes are skipped (and counted)."""
+    """Append one line per scrape until `stop` is set, then a final one; failed scrapes are skipped (and counted)."""
     failures = 0
+    final = False
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(1.0, interval_s))) as session:
         with open(path, "a", encoding="utf-8") as f:
             while True:
@@ -114,9 +115,11 @@ async def scrape(url: str, path: Path, interval_s: float, stop: asyncio.Event, h
                         f.flush()
                     except ValueError:
                         failures += 1
+                if final:
+                    return failures
                 try:
                     await asyncio.wait_for(stop.wait(), interval_s)
-                    return failures
+                    final = True  # one last scrape, so counters and histograms cover the run's last requests
                 except asyncio.TimeoutError:
                     continue
 

@@ -93,6 +93,8 @@ def build_app(itl: float, die_after: int | None, native: str = "tgi") -> web.App
         return web.Response(text=(
             "# TYPE vllm:num_requests_running gauge\n"
             f'vllm:num_requests_running{{model_name="fixture-model"}} {running}\n'
+            "# TYPE fixture_requests_served counter\n"
+            f"fixture_requests_served_total {state['served']}\n"
             "# TYPE vllm:num_requests_waiting gauge\n"
             'vllm:num_requests_waiting{model_name="fixture-model"} 0\n'
             "# TYPE vllm:kv_cache_usage_perc gauge\n"

@@ -215,5 +215,7 @@ def test_attached_run_scrapes_server_metrics(tmp_path):
         s = json.loads((out / "summary.json").read_text())["server_metrics"]
         assert s["kv_cache_usage"]["mean"] == pytest.approx(0.25)
         assert s["scrapes"] == len(lines)
+        # a final scrape after the run: counters cover the last request
+        assert json.loads(lines[-1])["values"]["fixture_requests_served_total"] == 20
     finally:
         server.stop()
