@@ -124,6 +124,19 @@ def build_parser() -> Parser:
                          "(built on the GPU when there is one; needs torch)")
     mm.add_argument("--force", action="store_true", help="write into a non-empty directory")
     mm.set_defaults(func=cmd_make_model)
+
+    ew = sub.add_parser("engine-wheels", help="download an engine's wheels for an offline machine",
+                        description="Resolve an engine (e.g. vllm==0.22.0) for the target's Python and platform, "
+                                    "leave out what the target already has (--have: its `pip freeze`), and download "
+                                    "the rest into one folder. On the target: pip install --no-index --no-deps "
+                                    "--target SITE DIR/*.whl, then loadgen run ... --engine-path SITE.")
+    ew.add_argument("requirements", nargs="+", help="what to install, e.g. vllm==0.22.0")
+    ew.add_argument("--out", required=True, help="folder for the wheels")
+    ew.add_argument("--python", default="3.12", help="the target's Python, MAJOR.MINOR (default 3.12)")
+    ew.add_argument("--platform", action="append", help="wheel platform tag (repeatable; default "
+                                                        "manylinux_2_35_x86_64 and every older manylinux)")
+    ew.add_argument("--have", help="the target's `pip freeze` output: those packages are pinned, not downloaded")
+    ew.set_defaults(func=cmd_engine_wheels)
     return parser
 
 
@@ -433,6 +446,19 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
     print(f"{result.path}: {spec.name} ({size} parameters, {spec.num_layers} layers), "
           f"tokenizer {result.vocab_size} ids ({result.trained_tokens} learned), weights: {weights}")
+    return 0
+
+
+def cmd_engine_wheels(args: argparse.Namespace) -> int:
+    from backends.engine_wheels import DEFAULT_PLATFORMS, download_engine, read_have
+
+    have = read_have(Path(args.have)) if args.have else {}
+    result = download_engine(args.requirements, Path(args.out), args.python,
+                             tuple(args.platform) if args.platform else DEFAULT_PLATFORMS, have)
+    print(f"{len(result.wheels)} wheels, {result.total_bytes / 1e6:.1f} MB in {result.out}; "
+          f"{len(result.skipped)} resolved packages left out because the target has them")
+    print(f"on the target: pip install --no-index --no-deps --target SITE {result.out}/*.whl")
+    print("then: loadgen run --backend ... --engine-path SITE")
     return 0
 
 

@@ -1,0 +1,116 @@
+"""Wheels for an engine on a machine without internet: resolve for the target's Python and platform, leave out
+what the target already has, download the rest into one folder.
+
+pip does the resolving (`install --dry-run --report`) and the downloading (`download --no-deps`); what is ours is
+the `--have` handling: the target's installed packages become constraints (so the resolution is the one that
+installs cleanly there, e.g. vLLM against the machine's torch) and are then left out of the download.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.errors import BackendError
+
+DEFAULT_PLATFORMS = ("manylinux_2_35_x86_64",)  # glibc 2.35 (Ubuntu 22.04) and every older manylinux tag
+LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+
+
+def expand_platform(tag: str) -> list[str]:
+    """pip matches --platform literally; a machine with glibc 2.N also runs every older manylinux wheel."""
+    m = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", tag)
+    if not m:
+        return [tag]
+    glibc, arch = int(m.group(1)), m.group(2)
+    tags = []
+    for minor in range(glibc, 4, -1):
+        tags.append(f"manylinux_2_{minor}_{arch}")
+        if minor in LEGACY_MANYLINUX:
+            tags.append(f"{LEGACY_MANYLINUX[minor]}_{arch}")
+    return tags
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_have(path: Path) -> dict[str, str]:
+    """`pip freeze` / `pip list --format=freeze` output: name -> version (local labels such as +cu130 dropped, since
+    the index knows the public version). Lines that are not `name==version` (editable installs, URLs) are skipped."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BackendError(f"cannot read --have {path}: {exc.strerror}; give the target's `pip freeze` output") from None
+    have: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==\s*([^\s;+]+)(?:\+\S+)?", line)
+        if m:
+            have[canonical_name(m.group(1))] = m.group(2)
+    return have
+
+
+@dataclass(frozen=True)
+class WheelSet:
+    out: Path
+    wheels: tuple[str, ...]  # file names in out
+    pins: tuple[str, ...]  # name==version of every downloaded package
+    skipped: tuple[str, ...]  # resolved, but the target already has them
+    total_bytes: int
+
+
+def _target_args(python: str, platforms: tuple[str, ...]) -> list[str]:
+    args = ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
+    for p in dict.fromkeys(t for tag in platforms for t in expand_platform(tag)):
+        args += ["--platform", p]
+    return args
+
+
+def _pip(args: list[str], what: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "is ignored: it is neither" not in ln]
+        tail = lines[-1] if lines else f"pip exited with {proc.returncode}"
+        raise BackendError(f"{what} failed: {tail}")
+
+
+def resolve(requirements: list[str], python: str, platforms: tuple[str, ...],
+            have: dict[str, str]) -> list[tuple[str, str]]:
+    """(name, version) of everything the requirements need on the target, the target's own versions pinned."""
+    with tempfile.TemporaryDirectory() as tmp:
+        constraints = Path(tmp) / "have.txt"
+        constraints.write_text("".join(f"{n}=={v}\n" for n, v in have.items()))
+        report = Path(tmp) / "report.json"
+        _pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+              "--target", str(Path(tmp) / "target"), *_target_args(python, platforms), "-c", str(constraints),
+              *requirements], f"resolving {' '.join(requirements)} for Python {python}")
+        data = json.loads(report.read_text())
+    return [(item["metadata"]["name"], item["metadata"]["version"]) for item in data.get("install", [])]
+
+
+def download_engine(requirements: list[str], out: Path, python: str = "3.12",
+                    platforms: tuple[str, ...] = DEFAULT_PLATFORMS, have: dict[str, str] | None = None) -> WheelSet:
+    if not re.fullmatch(r"3\.\d+", python):
+        raise BackendError(f"--python {python!r}: give the target's Python as MAJOR.MINOR, e.g. 3.12")
+    have = have or {}
+    resolved = resolve(requirements, python, platforms, have)
+    wanted = [(n, v) for n, v in resolved if canonical_name(n) not in have]
+    skipped = tuple(sorted(f"{n}=={v}" for n, v in resolved if canonical_name(n) in have))
+    out.mkdir(parents=True, exist_ok=True)
+    pins = [f"{n}=={v}" for n, v in wanted]
+    if pins:
+        _pip(["download", "--no-deps", "--quiet", "-d", str(out), *_target_args(python, platforms), *pins],
+             "downloading wheels")
+    names = {canonical_name(n) for n, _ in wanted}
+    wheels = sorted(p.name for p in out.glob("*.whl") if canonical_name(p.name.split("-")[0]) in names)
+    (out / "requirements.txt").write_text(
+        f"# {' '.join(requirements)} for CPython {python} on {', '.join(platforms)}; "
+        f"left out (the target has them): {len(skipped)}\n" + "".join(p + "\n" for p in pins))
+    total = sum((out / w).stat().st_size for w in wheels)
+    return WheelSet(out, tuple(wheels), tuple(pins), skipped, total)

@@ -1,0 +1,45 @@
+"""`loadgen engine-wheels`: wheels for an offline target, resolved for its Python and minus what it has."""
+
+from backends.engine_wheels import canonical_name, expand_platform, read_have
+from tests.conftest import run_loadgen
+
+
+def test_read_have_takes_pip_freeze_and_drops_local_labels(tmp_path):
+    f = tmp_path / "freeze.txt"
+    f.write_text("torch==2.11.0+cu130\nTyping_Extensions==4.12.2\n-e git+https://x/y#egg=y\n"
+                 "pkg @ file:///tmp/pkg.whl\n# comment\nnumpy == 2.1.0  # pinned\n")
+    assert read_have(f) == {"torch": "2.11.0", "typing-extensions": "4.12.2", "numpy": "2.1.0"}
+
+
+def test_platform_tags_expand_to_every_older_manylinux():
+    tags = expand_platform("manylinux_2_28_x86_64")
+    assert tags[0] == "manylinux_2_28_x86_64" and tags[-1] == "manylinux1_x86_64"
+    assert "manylinux2014_x86_64" in tags and "manylinux_2_17_x86_64" in tags and "manylinux_2_29_x86_64" not in tags
+    assert expand_platform("win_amd64") == ["win_amd64"]
+    assert canonical_name("Typing_Extensions") == "typing-extensions"
+
+
+def test_downloads_the_closure_for_another_python_minus_what_the_target_has(tmp_path):
+    have = tmp_path / "have.txt"
+    have.write_text("attrs==24.2.0\nmultidict==6.1.0\n")
+    out = tmp_path / "wheels"
+    proc = run_loadgen("engine-wheels", "aiohttp==3.11.16", "--python", "3.12", "--out", str(out), "--have", str(have))
+    assert proc.returncode == 0, proc.stderr
+    wheels = sorted(p.name for p in out.glob("*.whl"))
+    names = {canonical_name(w.split("-")[0]) for w in wheels}
+    assert {"aiohttp", "yarl", "frozenlist", "aiosignal"} <= names
+    assert not names & {"attrs", "multidict"}  # the target has them
+    compiled = [w for w in wheels if "none-any" not in w]
+    assert compiled and all("-cp312-" in w and "x86_64" in w for w in compiled)
+    pins = (out / "requirements.txt").read_text()
+    assert "aiohttp==3.11.16" in pins and "attrs" not in pins.split("\n", 1)[1]
+    assert "left out" in proc.stdout and "--engine-path" in proc.stdout
+
+
+def test_user_errors_are_one_line(tmp_path):
+    proc = run_loadgen("engine-wheels", "no-such-package-dissect==1.0", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "failed" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_loadgen("engine-wheels", "aiohttp", "--python", "312", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "MAJOR.MINOR" in proc.stderr
+    proc = run_loadgen("engine-wheels", "aiohttp", "--have", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "pip freeze" in proc.stderr
