@@ -49,11 +49,11 @@ def requests_for(kind: str, value: float, seconds: float) -> int:
     return max(20, int(value * seconds) if kind == "poisson" else int(value * 4))
 
 
-def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, out: Path, env) -> dict:
+def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, out: Path, env, seed: int) -> dict:
     load = ["--qps", str(value)] if kind == "poisson" else ["--concurrency", str(int(value))]
     cmd = [sys.executable, "-m", "loadgen", "run", "--backend", "vllm", "--url", url, "--model", model,
            "--tokenizer", model, "--input-len", args.input_len, "--output-len", args.output_len,
-           *load, "--num-requests", str(n), "--seed", "1", "--scrape-interval", "1s", "--output", str(out), "--quiet"]
+           *load, "--num-requests", str(n), "--seed", str(seed), "--scrape-interval", "1s", "--output", str(out), "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
     result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
@@ -64,14 +64,16 @@ def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, o
     return result
 
 
-def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args, out: Path, env) -> dict:
+def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args, out: Path, env,
+                     seed: int) -> dict:
     rate = ["--request-rate", str(value)] if kind == "poisson" else ["--request-rate", "inf",
                                                                       "--max-concurrency", str(int(value))]
     out.mkdir(parents=True, exist_ok=True)
     cmd = [args.engine_python, "-c", VLLM_BENCH, "--backend", "vllm",
            "--base-url", url, "--endpoint", "/v1/completions", "--model", model, "--tokenizer", model,
            "--dataset-name", "random", "--random-input-len", args.input_len, "--random-output-len", args.output_len,
-           "--random-range-ratio", "0", "--num-prompts", str(n), *rate, "--ignore-eos", "--seed", "1",
+           "--random-range-ratio", "0", "--num-prompts", str(n), *rate, "--ignore-eos", "--seed", str(seed),
+           "--temperature", "0",
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
            "--save-result", "--result-dir", str(out), "--result-filename", "vllm-bench.json", "--disable-tqdm"]
     t0 = time.perf_counter()
@@ -127,6 +129,7 @@ def main() -> int:
     p.add_argument("--engine-arg", action="append", default=[], help="extra vLLM flag (repeatable)")
     p.add_argument("--points", nargs="+", default=["poisson:1,2,4,8,16,32", "closed:1,8,32,128"])
     p.add_argument("--seconds", type=float, default=15.0, help="load per Poisson point (default 15 s)")
+    p.add_argument("--seed", type=int, default=100, help="first of the seeds; each run gets its own (default 100)")
     p.add_argument("--input-len", default="512")
     p.add_argument("--output-len", default="128")
     p.add_argument("--max-model-len", type=int, default=4096)
@@ -162,13 +165,17 @@ def main() -> int:
     server, url, report["server"] = start_server(args, model, out, extra)
     try:
         # warm-up: the first requests after start compile and capture; neither client should pay for that
-        loadgen_point(url, model, "closed", 8, 32, args, out / "warmup", env)
-        for kind, value in parse_points(args.points):
+        loadgen_point(url, model, "closed", 8, 32, args, out / "warmup", env, seed=args.seed)
+        # Every run gets prompts no run sent before: vLLM's prefix cache keeps earlier prompts, and a repeated
+        # prompt would measure the cache instead of prefill (the first version of this benchmark did exactly that).
+        for i, (kind, value) in enumerate(parse_points(args.points)):
             n = requests_for(kind, value, args.seconds)
             tag = f"{kind}-{value:g}"
             point = {"kind": kind, "value": value, "requests": n}
-            point["loadgen"] = loadgen_point(url, model, kind, value, n, args, out / tag / "loadgen", env)
-            point["vllm_bench"] = vllm_bench_point(url, model, kind, value, n, args, out / tag / "vllm-bench", env)
+            point["loadgen"] = loadgen_point(url, model, kind, value, n, args, out / f"{tag}-loadgen", env,
+                                             seed=args.seed + 1 + 2 * i)
+            point["vllm_bench"] = vllm_bench_point(url, model, kind, value, n, args, out / f"{tag}-vllm-bench", env,
+                                                   seed=args.seed + 2 + 2 * i)
             point["medians"] = medians(point)
             report["points"].append(point)
             report_path.write_text(json.dumps(report, indent=1))
@@ -179,7 +186,8 @@ def main() -> int:
         for spec in args.extra_loadgen:
             name, _, rest = spec.partition("=")
             cmd = [sys.executable, "-m", "loadgen", "run", "--backend", "vllm", "--url", url, "--model", model,
-                   "--tokenizer", model, *rest.split(), "--output", str(out / name), "--quiet"]
+                   "--tokenizer", model, "--seed", str(args.seed + 99), *rest.split(), "--output", str(out / name),
+                   "--quiet"]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
             summary = out / name / "summary.json"
             report.setdefault("extra", []).append({"name": name, "command": cmd, "returncode": proc.returncode,

@@ -17,7 +17,7 @@ from loadgen.launch import Endpoint, get_json
 from loadgen.metrics import summarize
 from loadgen.csv_export import write_requests_csv, write_summary_csv
 from loadgen.records import RecordWriter, read_records
-from loadgen.server_metrics import read_server_metrics, scrape, summarize_server_metrics
+from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
 from loadgen.telemetry import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
 from loadgen.rundir import environment, utc_now, write_json
 from loadgen.runner import LoadPlan, run_load
@@ -75,11 +75,10 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
                     desc=(label or f"{endpoint.info['name']} {endpoint.model}") + (" (SIMULATED)" if endpoint.simulated else ""))
     writer = RecordWriter(run_dir / "requests.jsonl")
     sampler = _start_gpu_sampler(opts, endpoint, run_dir)
-    scrape_stop = asyncio.Event()
     scraper = None
     if endpoint.metrics_url and opts.scrape_interval:
-        scraper = asyncio.create_task(scrape(endpoint.metrics_url, run_dir / "server_metrics.jsonl",
-                                             opts.scrape_interval, scrape_stop, headers))
+        scraper = MetricsScraper(endpoint.metrics_url, run_dir / "server_metrics.jsonl", opts.scrape_interval, headers)
+        await scraper.start()
     try:
         def on_record(record) -> None:
             writer.write(record)
@@ -101,8 +100,7 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
         if sampler is not None:
             sampler.stop()
         if scraper is not None:
-            scrape_stop.set()
-            await asyncio.gather(scraper, return_exceptions=True)
+            await scraper.stop()
 
     records = read_records(run_dir / "requests.jsonl")
     summary = summarize(records, slo, simulated=endpoint.simulated)

@@ -51,6 +51,18 @@ def format_summary(summary: dict, run_dir: Path | None = None) -> str:
             lines.append(
                 f"client TTFT error vs server ground truth: p50 {e['p50']:.3f} ms, p99 {e['p99']:.3f} ms"
             )
+    server = summary.get("server_metrics") or {}
+    if server.get("server_ttft_ms"):
+        st = server["server_ttft_ms"]
+        lines.append(f"server's own TTFT ({st['metric']}, {st['requests']:g} requests): mean {_fmt(st['mean'], 1)} ms, "
+                     f"p50 ~{_fmt(st['p50'], 1)} ms (histogram buckets)")
+    if server.get("running") or server.get("kv_cache_usage"):
+        parts = [f"{label} mean {server[label]['mean']:.2f} max {server[label]['max']:.2f}"
+                 for label in ("running", "waiting", "kv_cache_usage") if server.get(label)]
+        lines.append(f"server ({server['scrapes']} scrapes): " + ", ".join(parts))
+    if server.get("prefix_cache"):
+        pc = server["prefix_cache"]
+        lines.append(f"server prefix cache: {pc['hit_rate']:.1%} of {pc['queried_tokens']:g} prompt tokens were hits")
     for w in summary.get("warnings", []):
         lines.append(f"WARNING: {w}")
     if run_dir is not None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +24,9 @@ GAUGES = {
     "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"),
 }
 TTFT_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds")
+# prompt tokens looked up in / found in the prefix cache (counters): a benchmark whose prompts repeat measures
+# the cache, not prefill, and the summary must say so
+PREFIX_CACHE_COUNTERS = (("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"),)
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -78,6 +84,13 @@ def summarize_server_metrics(rows: list[dict]) -> dict | None:
                 out[label] = {"metric": name, "mean": sum(series) / len(series), "max": max(series)}
                 break
     first, last = rows[0]["values"], rows[-1]["values"]
+    for queries, hits in PREFIX_CACHE_COUNTERS:
+        asked = sum(_series(last, queries)) - sum(_series(first, queries))
+        if asked > 0:
+            found = sum(_series(last, hits)) - sum(_series(first, hits))
+            out["prefix_cache"] = {"queried_tokens": asked, "hit_tokens": found, "hit_rate": found / asked,
+                                   "metric": hits}
+            break
     for name in TTFT_HISTOGRAMS:
         count = sum(_series(last, name + "_count")) - sum(_series(first, name + "_count"))
         if count > 0:
@@ -94,10 +107,12 @@ def summarize_server_metrics(rows: list[dict]) -> dict | None:
     return out
 
 
-async def scrape(url: str, path: Path, interval_s: float, stop: asyncio.Event, headers: dict[str, str]) -> int:
+async def scrape(url: str, path: Path, interval_s: float, stop: asyncio.Event, headers: dict[str, str],
+                 on_first=None) -> int:
     """Append one line per scrape until `stop` is set, then a final one; failed scrapes are skipped (and counted)."""
     failures = 0
     final = False
+    first = True
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(1.0, interval_s))) as session:
         with open(path, "a", encoding="utf-8") as f:
             while True:
@@ -115,6 +130,9 @@ async def scrape(url: str, path: Path, interval_s: float, stop: asyncio.Event, h
                         f.flush()
                     except ValueError:
                         failures += 1
+                if first and on_first is not None:
+                    on_first()
+                first = False
                 if final:
                     return failures
                 try:
@@ -133,3 +151,73 @@ def read_server_metrics(path: Path, origin_ns: int | None = None) -> list[dict]:
         for r in rows:
             r["t_s"] = (r["t_ns"] - origin) / 1e9
     return rows
+
+
+HEADERS_ENV = "LOADGEN_SCRAPE_HEADERS"  # the API key travels in the environment, never on a command line
+
+
+class MetricsScraper:
+    """Scrapes in a child process: parsing a framework's /metrics page (vLLM's is ~100 KB of histograms) costs tens
+    of milliseconds of CPU, which inside the load loop would delay sends and inflate every TTFT measured meanwhile."""
+
+    def __init__(self, url: str, path: Path, interval_s: float, headers: dict[str, str]):
+        self.url, self.path, self.interval_s, self.headers = url, path, interval_s, headers
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout_s: float = 15.0) -> None:
+        """Returns after the first scrape (the baseline for counters and histograms) was attempted."""
+        env = {**os.environ, HEADERS_ENV: json.dumps(self.headers)}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadgen.server_metrics", self.url, str(self.path), str(self.interval_s),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env)
+        try:
+            await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
+        except asyncio.TimeoutError:
+            pass  # the server may be slow to answer; the run does not wait longer for its metrics
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """The child takes a final scrape on SIGTERM, so the counters cover the run's last requests."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except ProcessLookupError:
+            pass
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def _child(url: str, path: str, interval_s: float) -> int:
+    headers = json.loads(os.environ.pop(HEADERS_ENV, "{}"))
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C reaches the whole foreground group: stop cleanly
+            loop.add_signal_handler(sig, stop.set)
+        parent = os.getppid()
+
+        async def orphaned() -> None:  # the parent was killed: do not scrape forever
+            while not stop.is_set():
+                if os.getppid() != parent:
+                    stop.set()
+                await asyncio.sleep(0.5)
+
+        watch = asyncio.create_task(orphaned())
+
+        def ready() -> None:
+            print("ready", flush=True)
+
+        try:
+            return await scrape(url, Path(path), interval_s, stop, headers, on_first=ready)
+        finally:
+            watch.cancel()
+
+    asyncio.run(go())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], sys.argv[2], float(sys.argv[3])))

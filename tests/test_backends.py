@@ -202,6 +202,16 @@ def test_histogram_quantiles_and_server_summary_by_hand():
     assert ttft["p50"] == pytest.approx((0.01 + 0.09 * 2 / 6) * 1e3)  # deltas 3, 9, 10: rank 5
 
 
+def test_prefix_cache_hit_rate_from_counter_deltas():
+    from loadgen.server_metrics import parse_metrics, summarize_server_metrics
+
+    text = ("# TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total %d\n"
+            "# TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total %d\n")
+    rows = [{"values": parse_metrics(text % (1000, 100))}, {"values": parse_metrics(text % (3000, 600))}]
+    pc = summarize_server_metrics(rows)["prefix_cache"]
+    assert (pc["queried_tokens"], pc["hit_tokens"]) == (2000, 500) and pc["hit_rate"] == pytest.approx(0.25)
+
+
 def test_attached_run_scrapes_server_metrics(tmp_path):
     server = BackgroundServer([*FIXTURE])
     try:
