@@ -220,6 +220,19 @@ def get_gpu(name: str) -> GPUSpec:
     return _lookup("GPU", name, _gpus())
 
 
+def gpu_for_device(device_name: str) -> GPUSpec | None:
+    """The catalog GPU a driver-reported name stands for ("NVIDIA H100 80GB HBM3" -> h100-sxm), or None."""
+    words = set(device_name.upper().replace("-", " ").split())
+    for gpu in _gpus().values():
+        keys = {gpu.key.upper(), *(a.upper() for a in gpu.aliases)}
+        model_word = next((w for w in gpu.name.upper().split() if any(c.isdigit() for c in w)), None)
+        if model_word and model_word in words:
+            return gpu
+        if any(k in words for k in keys):
+            return gpu
+    return None
+
+
 def list_models() -> list[ModelSpec]:
     return list(_models().values())
 

@@ -53,10 +53,31 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m training_bench",
-                    description="Where the time goes in LLM training and serving: operator and communication "
-                                "micro-benchmarks at real model shapes.")
+                    description="How fast LLMs train and fine-tune, and where the time goes: training runs with the "
+                                "paper's optimizations, and operator and communication micro-benchmarks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
+    from training_bench.train_cli import add_train_arguments, cmd_sweep, cmd_train
+
+    pre = sub.add_parser("pretrain", help="pre-training steps of a catalog model: tokens/s, MFU, memory, phases",
+                         description="Full-parameter training steps of a random-weight Llama-shaped model. Under "
+                                     "torchrun the same command runs data parallel (DDP, FSDP2 or DeepSpeed ZeRO).")
+    add_train_arguments(pre, finetune=False)
+    pre.set_defaults(func=lambda a: cmd_train(a, "full"))
+    fin = sub.add_parser("finetune", help="fine-tuning steps: LoRA, QLoRA (4-bit NF4 base) or full",
+                         description="Fine-tuning steps: LoRA adapters (peft) on a bf16 base, QLoRA on a 4-bit NF4 "
+                                     "base (bitsandbytes), or full fine-tuning.")
+    add_train_arguments(fin, finetune=True)
+    fin.set_defaults(func=cmd_train)
+    sw = sub.add_parser("sweep", help="run a grid of training configurations and compare them",
+                        description="Each combination runs in its own process; the table gives each option's "
+                                    "time and memory relative to the first configuration.")
+    add_train_arguments(sw, finetune=True)
+    sw.set_defaults(method="full")
+    sw.add_argument("--vary", action="append", help="KEY=V1,V2 (repeatable), e.g. recompute=none,full or "
+                                                     "attn=eager,sdpa-flash")
+    sw.set_defaults(func=cmd_sweep)
+
     micro = sub.add_parser("micro", help="operator and communication micro-benchmarks")
     msub = micro.add_subparsers(dest="what", metavar="WHAT", parser_class=Parser)
     msub.required = True

@@ -63,3 +63,19 @@ def embedding(tokens: int, hidden: int, elem: int = 2) -> tuple[float, float]:
 def copy(nbytes: int) -> tuple[float, float]:
     """Device-to-device copy: read + write."""
     return 0.0, float(2 * nbytes)
+
+
+def training_flops_per_token(matmul_params: int, layers: int, hidden: int, seq: int,
+                             frozen_base: bool = False) -> tuple[float, str]:
+    """Model FLOPs per trained token and the formula, as printed beside every TFLOP/s figure.
+
+    Weights: 2N forward + 2N backward for input gradients + 2N for weight gradients (6N); a frozen base (LoRA,
+    QLoRA) skips the weight gradients (4N; the adapters' own FLOPs are under 1% and left out). Attention scores
+    and values: 4*s*h per token per layer forward, three times that with the backward (12*L*h*s), counted over all
+    s keys (no causal halving, the usual MFU convention). Recomputation is not counted: it is overhead, not model work.
+    """
+    weight_factor = 4 if frozen_base else 6
+    flops = weight_factor * matmul_params + 12 * layers * hidden * seq
+    formula = (f"{weight_factor}*N + 12*L*h*s with N={matmul_params:,} matmul parameters, L={layers}, h={hidden}, "
+               f"s={seq}; no causal halving; recomputation not counted")
+    return float(flops), formula
