@@ -19,8 +19,13 @@ class EngineCostParams:
     memory_efficiency: float = 0.9
     # Fraction of datasheet dense bf16 peak that large serving GEMMs achieve (8192^3 GEMM: ~0.79 on H100).
     compute_efficiency: float = 0.7
-    # Fixed cost per engine iteration: scheduling, sampling, kernel launches with CUDA graphs.
-    step_overhead_s: float = 0.3e-3
+    # Fixed cost per engine iteration: scheduling, sampling, kernel launches with CUDA graphs. Fitted, with
+    # request_overhead_s, to vLLM 0.22.0 on an H100 (Llama-2-7B shape, 512 in / 128 out, Poisson 1 req/s) by
+    # benchmarks/sim_validation.py; results/h100-sim-validation.json has the other points' prediction errors.
+    step_overhead_s: float = 1.6e-3
+    # Latency from a request's arrival to its first chance of being scheduled (HTTP, tokenization, the engine's
+    # input and output hops); fitted as above (vLLM's own TTFT histogram shows ~15 ms of it for a lone request).
+    request_overhead_s: float = 15e-3
     # Latency of one small all-reduce between GPUs (NVLink, custom all-reduce kernels).
     allreduce_latency_s: float = 8e-6
     dtype_bytes: int = BF16_BYTES

@@ -308,6 +308,8 @@ class SimServer:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{next(self._ids)}"
         truth = GroundTruth(rid, received_ns, prompt_tokens, max_tokens)
         self.ground_truth[rid] = truth
+        if self.config.cost.request_overhead_s > 0:
+            await asyncio.sleep(self.config.cost.request_overhead_s)  # input processing before the scheduler sees it
         queue = self.engine.submit(SimRequest(rid, prompt_tokens, max_tokens))
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))

@@ -14,7 +14,9 @@ def test_7b_decode_step_near_weight_streaming_floor():
     floor = model.weight_bytes() / H100.hbm_bandwidth  # 13.5 GB / 3.35 TB/s ~ 4.0 ms
     assert floor == pytest.approx(4.0e-3, rel=0.02)
     step = iteration_cost(model, H100, 1, [SeqWork(1, 512, True)]).seconds
-    assert abs(step - floor) / floor < 0.25
+    # above the floor, and within 10% of vLLM 0.22.0 measured on an H100 at 1 req/s (TPOT median 6.15 ms,
+    # results/h100-vllm-serving-poisson.json), which the default constants were fitted to
+    assert floor < step and abs(step - 6.15e-3) / 6.15e-3 < 0.10
 
 
 def test_70b_faster_per_token_with_8_gpus_than_4():
