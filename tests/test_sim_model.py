@@ -111,3 +111,19 @@ def test_abort_frees_blocks():
     s.complete(s.schedule())
     assert s.free_blocks < s.total_blocks
     assert s.abort("x") and s.free_blocks == s.total_blocks and not s.has_work
+
+
+def test_replay_of_a_lone_request_is_its_step_costs():
+    from backends.sim import build_config
+    from backends.sim_replay import replay, summarize_replay
+
+    cfg = build_config("7b", "h100", 1)
+    done = replay(cfg, 512, 8, 1, qps=0.001)
+    assert len(done) == 1
+    prefill = cfg.step_seconds([SeqWork(512, 0, True)])
+    decode = [cfg.step_seconds([SeqWork(1, 512 + k, True)]) for k in range(7)]
+    assert done[0].ttft_s == pytest.approx(cfg.cost.request_overhead_s + prefill)
+    assert done[0].e2el_s == pytest.approx(cfg.cost.request_overhead_s + prefill + sum(decode))
+    # a closed loop of 4 users completes every request exactly once
+    closed = replay(cfg, 128, 16, 12, concurrency=4)
+    assert len(closed) == 12 and summarize_replay(closed)["output_tok_s"] > 0
