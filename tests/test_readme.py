@@ -23,7 +23,8 @@ def test_readme_documents_every_command():
     readme = (ROOT / "README.md").read_text()
     for command in ("loadgen run --backend",
                     "loadgen run", "loadgen sweep", "loadgen scenarios", "loadgen report", "loadgen compare", "loadgen locust",
-                    "python -m training_bench micro",
+                    "python -m training_bench micro", "python -m training_bench pretrain|finetune|sweep",
+                    "loadgen make-model", "loadgen engine-wheels",
                     "loadgen serve-sim", "loadgen catalog"):
         headings = [line for line in readme.splitlines() if line.startswith(("### ", "## "))]
         assert any(f"`{command}`" in h or f"`{command} " in h for h in headings), command
