@@ -63,6 +63,11 @@ class WheelSet:
     pins: tuple[str, ...]  # name==version of every downloaded package
     skipped: tuple[str, ...]  # resolved, but the target already has them
     total_bytes: int
+    # why the target's versions could not be kept as constraints, and how many then differ from a fresh
+    # resolution (the target's are kept: the wheels install with --no-deps)
+    conflict: str | None = None
+    differing: int = 0
+    excluded: tuple[str, ...] = ()
 
 
 def _target_args(python: str, platforms: tuple[str, ...]) -> list[str]:
@@ -77,6 +82,9 @@ def _pip(args: list[str], what: str) -> None:
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "is ignored: it is neither" not in ln]
         tail = lines[-1] if lines else f"pip exited with {proc.returncode}"
+        cause = proc.stdout.split("The conflict is caused by:", 1)
+        if len(cause) == 2:  # name the conflicting pins rather than pip's generic last line
+            tail = "; ".join(ln.strip() for ln in cause[1].strip().split("\n\n", 1)[0].splitlines())
         raise BackendError(f"{what} failed: {tail}")
 
 
@@ -87,7 +95,7 @@ def resolve(requirements: list[str], python: str, platforms: tuple[str, ...],
         constraints = Path(tmp) / "have.txt"
         constraints.write_text("".join(f"{n}=={v}\n" for n, v in have.items()))
         report = Path(tmp) / "report.json"
-        _pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+        _pip(["install", "--dry-run", "--ignore-installed", "--report", str(report),
               "--target", str(Path(tmp) / "target"), *_target_args(python, platforms), "-c", str(constraints),
               *requirements], f"resolving {' '.join(requirements)} for Python {python}")
         data = json.loads(report.read_text())
@@ -95,12 +103,25 @@ def resolve(requirements: list[str], python: str, platforms: tuple[str, ...],
 
 
 def download_engine(requirements: list[str], out: Path, python: str = "3.12",
-                    platforms: tuple[str, ...] = DEFAULT_PLATFORMS, have: dict[str, str] | None = None) -> WheelSet:
+                    platforms: tuple[str, ...] = DEFAULT_PLATFORMS, have: dict[str, str] | None = None,
+                    exclude: tuple[str, ...] = ()) -> WheelSet:
     if not re.fullmatch(r"3\.\d+", python):
         raise BackendError(f"--python {python!r}: give the target's Python as MAJOR.MINOR, e.g. 3.12")
     have = have or {}
-    resolved = resolve(requirements, python, platforms, have)
-    wanted = [(n, v) for n, v in resolved if canonical_name(n) not in have]
+    conflict = None
+    try:
+        resolved = resolve(requirements, python, platforms, have)
+    except BackendError as exc:
+        if not have:
+            raise
+        # The target's packages break one of the engine's exact pins (vLLM 0.22.0 pins numba==0.65.0; the H100
+        # machine has 0.68.0 and vLLM runs there). Resolve freely, keep the target's versions, and say so.
+        conflict = str(exc).split("failed: ", 1)[-1]
+        resolved = resolve(requirements, python, platforms, {})
+    differing = sum(1 for n, v in resolved if canonical_name(n) in have and have[canonical_name(n)] != v)
+    dropped = {canonical_name(e) for e in exclude}
+    excluded = tuple(sorted(n for n, _ in resolved if canonical_name(n) in dropped))
+    wanted = [(n, v) for n, v in resolved if canonical_name(n) not in have and canonical_name(n) not in dropped]
     skipped = tuple(sorted(f"{n}=={v}" for n, v in resolved if canonical_name(n) in have))
     out.mkdir(parents=True, exist_ok=True)
     pins = [f"{n}=={v}" for n, v in wanted]
@@ -111,6 +132,9 @@ def download_engine(requirements: list[str], out: Path, python: str = "3.12",
     wheels = sorted(p.name for p in out.glob("*.whl") if canonical_name(p.name.split("-")[0]) in names)
     (out / "requirements.txt").write_text(
         f"# {' '.join(requirements)} for CPython {python} on {', '.join(platforms)}; "
-        f"left out (the target has them): {len(skipped)}\n" + "".join(p + "\n" for p in pins))
+        f"left out (the target has them): {len(skipped)}\n"
+        + (f"# the target's versions conflict with the engine's pins ({conflict}); kept the target's, "
+           f"{differing} differ from a fresh resolution\n" if conflict else "")
+        + (f"# left out on request: {', '.join(excluded)}\n" if excluded else "") + "".join(p + "\n" for p in pins))
     total = sum((out / w).stat().st_size for w in wheels)
-    return WheelSet(out, tuple(wheels), tuple(pins), skipped, total)
+    return WheelSet(out, tuple(wheels), tuple(pins), skipped, total, conflict, differing, excluded)

@@ -135,6 +135,8 @@ def build_parser() -> Parser:
     ew.add_argument("--python", default="3.12", help="the target's Python, MAJOR.MINOR (default 3.12)")
     ew.add_argument("--platform", action="append", help="wheel platform tag (repeatable; default "
                                                         "manylinux_2_35_x86_64 and every older manylinux)")
+    ew.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                    help="leave this package out even if the engine pulls it in (repeatable), e.g. optional kernels")
     ew.add_argument("--have", help="the target's `pip freeze` output: those packages are pinned, not downloaded")
     ew.set_defaults(func=cmd_engine_wheels)
     return parser
@@ -454,9 +456,14 @@ def cmd_engine_wheels(args: argparse.Namespace) -> int:
 
     have = read_have(Path(args.have)) if args.have else {}
     result = download_engine(args.requirements, Path(args.out), args.python,
-                             tuple(args.platform) if args.platform else DEFAULT_PLATFORMS, have)
+                             tuple(args.platform) if args.platform else DEFAULT_PLATFORMS, have, tuple(args.exclude))
     print(f"{len(result.wheels)} wheels, {result.total_bytes / 1e6:.1f} MB in {result.out}; "
           f"{len(result.skipped)} resolved packages left out because the target has them")
+    if result.conflict:
+        print(f"warning: the target's packages conflict with the engine's pins ({result.conflict}); kept the "
+              f"target's versions ({result.differing} differ from a fresh resolution)")
+    if result.excluded:
+        print(f"left out on request: {', '.join(result.excluded)}")
     print(f"on the target: pip install --no-index --no-deps --target SITE {result.out}/*.whl")
     print("then: loadgen run --backend ... --engine-path SITE")
     return 0

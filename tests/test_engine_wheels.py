@@ -43,3 +43,17 @@ def test_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "MAJOR.MINOR" in proc.stderr
     proc = run_loadgen("engine-wheels", "aiohttp", "--have", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "pip freeze" in proc.stderr
+
+
+def test_conflicting_target_versions_are_kept_and_reported(tmp_path):
+    # aiohttp 3.11.16 needs multidict>=4.5; a target with an older multidict cannot be a constraint
+    have = tmp_path / "have.txt"
+    have.write_text("multidict==4.0.0\nattrs==24.2.0\n")
+    out = tmp_path / "wheels"
+    proc = run_loadgen("engine-wheels", "aiohttp==3.11.16", "--out", str(out), "--have", str(have),
+                       "--exclude", "aiohappyeyeballs")
+    assert proc.returncode == 0, proc.stderr
+    assert "conflict" in proc.stdout and "multidict" in proc.stdout
+    names = {canonical_name(p.name.split("-")[0]) for p in out.glob("*.whl")}
+    assert "aiohttp" in names and not names & {"multidict", "attrs", "aiohappyeyeballs"}
+    assert "left out on request: aiohappyeyeballs" in (out / "requirements.txt").read_text()
