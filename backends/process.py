@@ -139,11 +139,16 @@ class ServerProcess:
             _wait_group_gone(pgid, 5.0)
 
     def kill_now(self) -> None:
-        """SIGKILL the process group without waiting: for a forced exit."""
+        """SIGKILL the process group for a forced exit; waits at most 2 s, to reap the leader (our child: left
+        unreaped it would linger as a zombie after we exit, until init gets to it)."""
         if self.proc is not None:
             try:
                 os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
             except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
                 pass
 
     def __enter__(self) -> "ServerProcess":
