@@ -30,7 +30,7 @@ SETS: dict[str, list[tuple[str, list[str]]]] = {
         ("7b-8l-eager", [*P7, "--attn", "eager"]),
         ("7b-8l-sdpa-flash-recompute", [*P7, "--attn", "sdpa-flash", "--recompute", "full"]),
         ("7b-8l-eager-recompute", [*P7, "--attn", "eager", "--recompute", "full"]),
-        ("7b-8l-sdpa-flash-compile", [*P7, "--attn", "sdpa-flash", "--compile"]),
+        ("7b-8l-sdpa-compile", [*P7, "--attn", "sdpa", "--compile"]),
         ("7b-32l-sdpa-flash-recompute-mb2", ["pretrain", "--model", "7b", "--seq-len", "2048", "--micro-batch", "2",
                                               "--attn", "sdpa-flash", "--recompute", "full"]),
         ("7b-32l-sdpa-flash-mb1", ["pretrain", "--model", "7b", "--seq-len", "2048", "--micro-batch", "1",

@@ -93,6 +93,11 @@ def test_recompute_gives_the_same_gradients():
     assert torch.allclose(ga, b.model.layers[0].mlp.up_proj.weight.grad, atol=1e-5)
 
 
+def test_compile_runs_with_sdpa(tmp_path):
+    r = run_json(tmp_path, "pretrain", "--compile", "--attn", "sdpa")
+    assert r["config"]["compile"] is True and r["throughput"]["tokens_per_s"] > 0
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_process_torchrun_with_gloo(tmp_path, strategy):
     out = tmp_path / "r.json"
@@ -127,6 +132,7 @@ def test_sweep_compares_options(tmp_path):
     (["pretrain", "--attn", "sdpa-cudnn"], "CUDA kernel"),
     (["pretrain", "--offload", "optimizer"], "--zero"),
     (["pretrain", "--layers", "5"], "1..2"),
+    (["pretrain", "--compile", "--attn", "sdpa-flash"], "--compile --attn sdpa"),
     (["sweep", "--vary", "colour=red"], "KEY=V1,V2"),
 ])
 def test_impossible_configurations_are_one_line_errors(args, message):

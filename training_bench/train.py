@@ -124,6 +124,9 @@ def check_config(cfg: TrainConfig, device_type: str, dist: Dist) -> str:
             raise BenchError("--strategy fsdp with --method qlora is not supported here; run QLoRA on one GPU")
     if strategy == "ddp" and not dist.active:
         raise BenchError("--strategy ddp needs several processes: run under torchrun --nproc-per-node N")
+    if cfg.compile and cfg.attn.startswith("sdpa-"):
+        raise BenchError(f"--compile with --attn {cfg.attn}: torch.compile cannot trace a restricted SDPA backend "
+                         "(seen on the H100 with sdpa-flash); use --compile --attn sdpa (PyTorch picks the kernel)")
     if cfg.precision not in ("bf16", "amp"):
         raise BenchError(f"--precision {cfg.precision}: choose bf16 or amp")
     return strategy
