@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import heapq
 import itertools
 import json
 import logging
@@ -76,6 +77,15 @@ class SimConfig:
     gpu_memory_utilization: float = 0.9
     cost: EngineCostParams = field(default_factory=EngineCostParams)
     profile: Profile | None = None
+    # Fixed timing instead of the engine model: first token `fixed_ttft_s` after arrival, then one every
+    # `fixed_itl_s`, per request and regardless of load -- a target whose ground truth is known exactly, for
+    # measuring a load generator's own limits (benchmarks/loadgen_capacity.py).
+    fixed_ttft_s: float | None = None
+    fixed_itl_s: float | None = None
+
+    @property
+    def fixed(self) -> bool:
+        return self.fixed_ttft_s is not None or self.fixed_itl_s is not None
 
     @property
     def name(self) -> str:
@@ -83,6 +93,9 @@ class SimConfig:
 
     @property
     def cost_model(self) -> str:
+        if self.fixed:
+            return (f"fixed timing: TTFT {(self.fixed_ttft_s or 0) * 1e3:g} ms, then a token every "
+                    f"{(self.fixed_itl_s or 0) * 1e3:g} ms per request, independent of load (no engine model)")
         if self.profile is not None:
             return self.profile.describe(self.model)
         return (f"roofline from catalog datasheet peaks ({self.gpu.name}: {self.gpu.peak_bf16_tflops:g} TFLOP/s, "
@@ -125,7 +138,10 @@ class SimEngine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
-        self._thread = threading.Thread(target=self._run, name="sim-engine", daemon=True)
+        self._due: list[tuple[float, int, str, int, int]] = []  # fixed timing: (due, seq, rid, token k, of n)
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._run_fixed if config.fixed else self._run, name="sim-engine",
+                                        daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -162,6 +178,41 @@ class SimEngine:
                 self.scheduler.add(arg)  # type: ignore[arg-type]
             else:
                 self.scheduler.abort(arg)  # type: ignore[arg-type]
+
+    def _run_fixed(self) -> None:
+        """Each request on its own clock: token k (1-based) due at arrival + TTFT + (k-1) * ITL."""
+        ttft, itl = self.config.fixed_ttft_s or 0.0, self.config.fixed_itl_s or 0.0
+        aborted: set[str] = set()
+        while not self._stop.is_set():
+            while self._inbox:
+                op, arg = self._inbox.popleft()
+                if op == "add":
+                    req: SimRequest = arg  # type: ignore[assignment]
+                    heapq.heappush(self._due, (time.perf_counter() + ttft, next(self._seq), req.rid, 1,
+                                               req.max_tokens))
+                else:
+                    aborted.add(arg)  # type: ignore[arg-type]
+            if not self._due:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            remaining = self._due[0][0] - time.perf_counter()
+            if remaining > 0:
+                self._wake.wait(min(remaining, 0.05)) if remaining > 0.002 else time.sleep(remaining)
+                self._wake.clear()
+                if self._due[0][0] > time.perf_counter():
+                    continue
+            events = []
+            now = time.perf_counter()
+            while self._due and self._due[0][0] <= now:
+                due, _, rid, k, n = heapq.heappop(self._due)
+                if rid in aborted:
+                    continue
+                events.append(TokenEvent(rid, 1, k == n))
+                if k < n:
+                    heapq.heappush(self._due, (due + itl, next(self._seq), rid, k + 1, n))
+            if events:
+                self.loop.call_soon_threadsafe(self._deliver, events)
 
     def _run(self) -> None:
         cfg = self.config
@@ -308,7 +359,7 @@ class SimServer:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{next(self._ids)}"
         truth = GroundTruth(rid, received_ns, prompt_tokens, max_tokens)
         self.ground_truth[rid] = truth
-        if self.config.cost.request_overhead_s > 0:
+        if self.config.cost.request_overhead_s > 0 and not self.config.fixed:
             await asyncio.sleep(self.config.cost.request_overhead_s)  # input processing before the scheduler sees it
         queue = self.engine.submit(SimRequest(rid, prompt_tokens, max_tokens))
         stream = bool(body.get("stream", False))
@@ -425,6 +476,23 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=None,
                         help="hardware profile JSON from `python -m training_bench micro profile`: step times from "
                              "measured operators instead of catalog peaks")
+    parser.add_argument("--fixed-ttft", type=_seconds, default=None, metavar="DURATION",
+                        help="no engine model: first token this long after arrival (e.g. 5ms), per request")
+    parser.add_argument("--fixed-itl", type=_seconds, default=None, metavar="DURATION",
+                        help="no engine model: one token every DURATION after the first (e.g. 1ms), per request")
+
+
+def _seconds(text: str) -> float:
+    """'5ms', '250us', '0.01s' or bare seconds (backends does not depend on loadgen's unit parser)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a duration such as 1ms, 250us or 0.01s")
+    value = float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}[m.group(2)]
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
 
 
 def serve(config: SimConfig, host: str, port: int) -> None:
@@ -473,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model, args.gpu, args.gpus, served_model_name=args.served_model_name,
             max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
             gpu_memory_utilization=args.gpu_memory_utilization, profile=args.profile,
+            fixed_ttft_s=args.fixed_ttft, fixed_itl_s=args.fixed_itl,
         )
         serve(config, args.host, args.port)
     except (BackendError, CatalogError) as exc:

@@ -417,6 +417,7 @@ def cmd_serve_sim(args: argparse.Namespace) -> int:
         args.model, args.gpu, args.gpus, served_model_name=args.served_model_name,
         max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization, profile=args.profile,
+        fixed_ttft_s=args.fixed_ttft, fixed_itl_s=args.fixed_itl,
     )
     try:
         sim_backend.serve(config, args.host, args.port)

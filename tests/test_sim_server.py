@@ -7,6 +7,8 @@ import urllib.request
 import aiohttp
 import pytest
 
+from tests.conftest import run_loadgen
+
 
 def get_json(url):
     with urllib.request.urlopen(url, timeout=10) as resp:
@@ -86,3 +88,22 @@ def test_kv_bound_load_queues_on_the_server(start_sim):
     ttft = sorted((t["first_token_ns"] - t["received_ns"]) / 1e6 for t in truth)
     # the first wave starts within a few prefill steps; the last waits for earlier requests to finish
     assert ttft[-1] > 5 * ttft[0]
+
+
+def test_fixed_timing_mode_gives_a_known_ground_truth(tmp_path, start_sim):
+    """`serve-sim --fixed-ttft 20ms --fixed-itl 5ms`: every request's first token 20 ms after arrival, then one
+    every 5 ms, whatever the load (the target of the load generator's own capacity benchmark)."""
+    sim = start_sim("--fixed-ttft", "20ms", "--fixed-itl", "5ms")
+    out = tmp_path / "r"
+    proc = run_loadgen("run", "--url", sim.url, "--concurrency", "16", "--num-requests", "48", "--input-len", "32",
+                       "--output-len", "10", "--output", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    truth = json.loads(urllib.request.urlopen(sim.url + "/sim/requests").read())["requests"]
+    assert len(truth) == 48
+    ttft = sorted((g["first_token_ns"] - g["received_ns"]) / 1e6 for g in truth)
+    assert 19.5 < ttft[len(ttft) // 2] < 23  # ms
+    for g in truth:
+        per_token = (g["finished_ns"] - g["first_token_ns"]) / 1e6 / 9
+        assert 4.5 < per_token < 7.5
+    info = json.loads(urllib.request.urlopen(sim.url + "/sim/info").read())
+    assert "fixed timing" in json.dumps(info)
