@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from backends.registry import protocol_for
 from loadgen.accuracy import timing_error
 from loadgen.client import Target
 from loadgen.launch import Endpoint, get_json
-from loadgen.metrics import summarize
+from loadgen.metrics import client_cpu_warning, summarize
 from loadgen.csv_export import write_requests_csv, write_summary_csv
 from loadgen.records import RecordWriter, read_records
 from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
@@ -84,12 +85,14 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
             writer.write(record)
             progress.update(1)
 
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         load_task = asyncio.create_task(run_load(target, workload, plan, on_record, keep_records=False))
         remove = _install_stop_handlers(load_task, endpoint.kill)
         try:
             outcome = await load_task
         finally:
             remove()
+            client_cpu = (time.process_time() - cpu0, time.perf_counter() - wall0)
     except BaseException as exc:
         run_info.update(status="failed", finished_at=utc_now(), error=(str(exc).splitlines() or [repr(exc)])[0])
         write_json(run_dir / "run.json", run_info)
@@ -107,6 +110,11 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     summary["prompt_source"] = workload.prompt_source
     if endpoint.simulated:
         summary["sim_cost_model"] = (endpoint.info.get("sim") or {}).get("cost_model")
+    summary["client"] = {"cpu_s": client_cpu[0], "wall_s": client_cpu[1],
+                         "cpu_fraction_of_one_core": client_cpu[0] / client_cpu[1] if client_cpu[1] else None}
+    warning = client_cpu_warning(*client_cpu)
+    if warning:
+        summary["warnings"].append(warning)
     summary["interrupted"] = outcome.interrupted
     summary["stopped_early"] = outcome.stopped_early
     if outcome.stopped_early:

@@ -158,6 +158,17 @@ def summarize(
     return summary
 
 
+CLIENT_CPU_WARN = 0.9  # of one core: an asyncio client past this is saturated and its timestamps lag
+
+
+def client_cpu_warning(cpu_s: float, wall_s: float) -> str | None:
+    """The other sign (beside lateness) that the load generator, not the server, was the bottleneck."""
+    if wall_s <= 0 or cpu_s / wall_s <= CLIENT_CPU_WARN:
+        return None
+    return (f"client used {cpu_s / wall_s:.0%} of a CPU core during the run: it was probably the bottleneck and "
+            "its latencies include its own queueing (lower the load, or run more client processes)")
+
+
 def warnings_for(summary: dict) -> list[str]:
     out = []
     late = summary.get("lateness_ms")

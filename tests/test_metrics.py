@@ -81,3 +81,12 @@ def test_slo_rules():
     assert not meets_slo(rec(1, 0, None, 1, 0, status="error:http"), {"e2el": 1e9})
     slow_gap = rec(2, 0.0, 0.01, 0.5, 3, times=[10, 20, 500])
     assert not meets_slo(slow_gap, {"itl": 100}) and meets_slo(slow_gap, {"itl": 500})
+
+
+def test_client_cpu_warning_names_the_client_as_bottleneck():
+    from loadgen.metrics import client_cpu_warning
+
+    assert client_cpu_warning(0.5, 1.0) is None
+    assert client_cpu_warning(0.0, 0.0) is None
+    w = client_cpu_warning(0.97, 1.0)
+    assert w and "97% of a CPU core" in w and "bottleneck" in w
