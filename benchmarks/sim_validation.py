@@ -64,13 +64,15 @@ def errors(pred: dict, meas: dict, kind: str) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fit", default="closed:8", help="the one point the constants are fitted on (default closed:8)")
+    p.add_argument("--profile", help="drive the sim with a measured profile (training_bench micro profile) instead "
+                                      "of the roofline")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     measured = measured_points(MEASURED)
     kind, _, value = args.fit.partition(":")
     fit_key = (kind, float(value))
     target = measured[fit_key]
-    base = build_config("7b", "h100", 1)
+    base = build_config("7b", "h100", 1, profile=args.profile)
     # fit from zero, so the fitted values do not depend on the defaults they became
     base = replace(base, cost=replace(base.cost, step_overhead_s=0.3e-3, request_overhead_s=0.0))
 
@@ -90,7 +92,7 @@ def main() -> int:
             best = (loss, overhead_ms, request_ms)
     _, overhead_ms, request_ms = best
     fitted = config_with(overhead_ms, request_ms)
-    rows, report = [], {"fit_point": args.fit, "fitted": {"step_overhead_ms": overhead_ms, "request_overhead_ms": request_ms},
+    rows, report = [], {"cost_model": base.cost_model, "fit_point": args.fit, "fitted": {"step_overhead_ms": overhead_ms, "request_overhead_ms": request_ms},
                         "before_fit": {"step_overhead_ms": base.cost.step_overhead_s * 1e3,
                                        "request_overhead_ms": base.cost.request_overhead_s * 1e3}, "points": []}
     for key in sorted(measured, key=lambda k: (k[0] != "poisson", k[1])):
