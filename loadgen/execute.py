@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from backends.registry import protocol_for

@@ -156,6 +156,11 @@ def read_server_metrics(path: Path, origin_ns: int | None = None) -> list[dict]:
 HEADERS_ENV = "LOADGEN_SCRAPE_HEADERS"  # the API key travels in the environment, never on a command line
 
 
+def scraper_argv(url: str, path: Path, interval_s: float) -> list[str]:
+    """The scraper child: prints "ready" after its baseline scrape, takes a final scrape on SIGTERM or SIGINT."""
+    return [sys.executable, "-m", "loadgen.server_metrics", url, str(path), str(interval_s)]
+
+
 class MetricsScraper:
     """Scrapes in a child process: parsing a framework's /metrics page (vLLM's is ~100 KB of histograms) costs tens
     of milliseconds of CPU, which inside the load loop would delay sends and inflate every TTFT measured meanwhile."""
@@ -168,8 +173,8 @@ class MetricsScraper:
         """Returns after the first scrape (the baseline for counters and histograms) was attempted."""
         env = {**os.environ, HEADERS_ENV: json.dumps(self.headers)}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadgen.server_metrics", self.url, str(self.path), str(self.interval_s),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env)
+            *scraper_argv(self.url, self.path, self.interval_s), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, env=env)
         try:
             await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
         except asyncio.TimeoutError:
