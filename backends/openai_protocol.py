@@ -6,6 +6,7 @@ The parser is called once per SSE line on the load path, so it does the least wo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +54,53 @@ class OpenAIProtocol:
         return OpenAIStreamParser(collect_text)
 
 
+# The cheap scan: does a chunk hold a non-empty "text" (completions) or "content" (chat delta) string? A quote
+# inside a string is escaped, so a quoted key followed by a colon can only be a real key.
+_CARRIES_TEXT = re.compile(rb'"(?:text|content)"\s*:\s*"(?!")')
+_HAS_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"([^"]*)"')
+
+
 class OpenAIStreamParser(EventParser):
     """OpenAI completions/chat chunks: tokens in choices[].text or choices[].delta.content; usage at the end
-    (or in every chunk with continuous usage stats, which then gives the exact tokens per chunk)."""
+    (or in every chunk with continuous usage stats, which then gives the exact tokens per chunk).
+
+    Only the first chunk (for its id), the final usage chunk, anything that mentions "error" or is not one
+    JSON object, and every chunk when the text is collected are parsed as JSON; the other chunks, nearly all
+    of a stream, are answered by a byte scan (about 1 us instead of 3 on the load path)."""
+
+    def feed(self, line: bytes) -> int:
+        if self.text is not None or self.response_id is None:
+            return super().feed(line)
+        if not line.startswith(b"data:"):
+            return 0
+        data = line[5:].strip()
+        if not data:
+            return 0
+        if data == b"[DONE]":
+            self.done = True
+            return 0
+        if data[:1] != b"{" or data[-1:] != b"}" or b'"error"' in data:
+            return super().feed(line)  # malformed data or an error event: the full parse reports it
+        if _HAS_USAGE.search(data):
+            if _NO_CHOICES.search(data):
+                return super().feed(line)  # the final usage chunk: parsed once
+            counted = _COMPLETION_TOKENS.search(data)  # continuous usage: exact tokens in this chunk
+            if counted:
+                completion = int(counted.group(1))
+                self.usage = {**(self.usage or {}), "completion_tokens": completion}
+                self._finish(data)
+                carried, self._tokens = completion - self._tokens, completion
+                return carried
+        self._finish(data)
+        return 1 if _CARRIES_TEXT.search(data) else 0
+
+    def _finish(self, data: bytes) -> None:
+        found = _FINISH_REASON.search(data)
+        if found:
+            self.finish_reason = found.group(1).decode()
 
     def event(self, chunk: dict) -> int:
         if self.response_id is None:

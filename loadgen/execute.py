@@ -22,6 +22,7 @@ from loadgen.server_metrics import MetricsScraper, read_server_metrics, summariz
 from loadgen.telemetry import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
 from loadgen.rundir import environment, utc_now, write_json
 from loadgen.runner import LoadPlan, run_load
+from loadgen.workers import choose_workers, client_summary, on_this_host, run_load_in_workers
 from loadgen.slo import parse_slo
 
 
@@ -85,8 +86,13 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
             writer.write(record)
             progress.update(1)
 
+        workers = choose_workers(opts.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
+        run_info["load"]["workers"] = workers
+        write_json(run_dir / "run.json", run_info)
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        load_task = asyncio.create_task(run_load(target, workload, plan, on_record, keep_records=False))
+        load_task = asyncio.create_task(
+            run_load_in_workers(target, workload, plan, on_record, workers, opts.tokenizer) if workers > 1
+            else run_load(target, workload, plan, on_record, keep_records=False))
         remove = _install_stop_handlers(load_task, endpoint.kill)
         try:
             outcome = await load_task
@@ -110,9 +116,8 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     summary["prompt_source"] = workload.prompt_source
     if endpoint.simulated:
         summary["sim_cost_model"] = (endpoint.info.get("sim") or {}).get("cost_model")
-    summary["client"] = {"cpu_s": client_cpu[0], "wall_s": client_cpu[1],
-                         "cpu_fraction_of_one_core": client_cpu[0] / client_cpu[1] if client_cpu[1] else None}
-    warning = client_cpu_warning(*client_cpu)
+    summary["client"] = client_summary(client_cpu, outcome.workers)
+    warning = client_cpu_warning(summary["client"]["busiest_process_cpu_s"], summary["client"]["wall_s"])
     if warning:
         summary["warnings"].append(warning)
     summary["interrupted"] = outcome.interrupted

@@ -166,7 +166,7 @@ def client_cpu_warning(cpu_s: float, wall_s: float) -> str | None:
     if wall_s <= 0 or cpu_s / wall_s <= CLIENT_CPU_WARN:
         return None
     return (f"client used {cpu_s / wall_s:.0%} of a CPU core during the run: it was probably the bottleneck and "
-            "its latencies include its own queueing (lower the load, or run more client processes)")
+            "its latencies include its own queueing (lower the load, or add client processes with --workers)")
 
 
 def warnings_for(summary: dict) -> list[str]:

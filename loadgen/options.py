@@ -63,6 +63,16 @@ def duration(text: Any) -> float:
     return value
 
 
+def workers_count(text: Any) -> int | str:
+    """'auto' or a positive number of client processes."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers: give a positive integer or auto") from None
+
+
 def number_list(kind: Callable[[Any], Any]) -> Callable[[str], list]:
     def parse(text: str) -> list:
         items = [x for x in str(text).split(",") if x.strip()]
@@ -116,6 +126,7 @@ DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any] | None]] = {
     "max_errors": (None, nonneg_int),
     "max_error_rate": (None, None),
     "slo": (None, str),
+    "workers": ("auto", workers_count),
     "output": (None, None),
     "report": (False, None),
     "csv": (False, None),
@@ -219,6 +230,9 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                    help="stop the run early once more than this fraction of finished requests failed "
                         "(checked after 20 requests), e.g. 0.5")
     a.add_argument("--slo", help="goodput objectives, e.g. ttft:500ms,tpot:50ms,e2el:10s")
+    a.add_argument("--workers", type=workers_count,
+                   help="client processes that share the load (default auto: one per core when the planned load "
+                        "needs more than one)")
 
     o = p.add_argument_group("output")
     o.add_argument("--output", help="run directory (default results/<time>-<backend>-<model>)")

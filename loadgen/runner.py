@@ -10,7 +10,7 @@ import asyncio
 import gc
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -51,6 +51,7 @@ class LoadOutcome:
     wall_s: float
     stopped_early: str | None = None  # why an error limit ended the run
     finished: int = 0
+    workers: list[dict] | None = None  # --workers: each client process's CPU and wall seconds
 
 
 class ErrorLimit:
@@ -132,7 +133,7 @@ async def run_load(
             if plan.mode == "open":
                 await _open_loop(session, target, planned, plan, origin_ns, done)
             else:
-                await _closed_loop(session, target, workload, plan, origin_ns, done)
+                await _closed_loop(session, target, numbered_specs(workload, plan), plan, origin_ns, done)
         except asyncio.CancelledError:
             interrupted = stopped_early is None
             task = asyncio.current_task()
@@ -155,12 +156,14 @@ async def _finish_all(tasks: set[asyncio.Task]) -> None:
         raise
 
 
-async def _open_loop(session, target, planned, plan, origin_ns, done) -> None:
+async def _open_loop(session, target, planned, plan, origin_ns, done, positions=None) -> None:
+    """positions: each spec's place in the whole schedule (a worker sends only its share), for the phase."""
     specs, offsets = planned
     tasks: set[asyncio.Task] = set()
+    positions = range(len(specs)) if positions is None else positions
 
     try:
-        for position, (spec, offset) in enumerate(zip(specs, offsets.tolist())):
+        for position, spec, offset in zip(positions, specs, offsets.tolist()):
             # uvloop's timers have millisecond resolution and can fire early: sleep again until truly due.
             while (delay := offset - (time.perf_counter_ns() - origin_ns) / 1e9) > 0:
                 await asyncio.sleep(delay)
@@ -192,26 +195,41 @@ def schedule(workload, plan: LoadPlan) -> tuple[list[RequestSpec], np.ndarray]:
     return workload.take(len(offsets)), offsets
 
 
-async def _closed_loop(session, target, workload, plan, origin_ns, done) -> None:
+def numbered_specs(workload, plan: LoadPlan) -> Callable[[], Awaitable[tuple[int, RequestSpec] | None]]:
+    """The closed loop's source of work: (position, spec) in workload order, None once the plan's count is
+    issued or a finite workload (a trace) ran out."""
     specs = workload.specs()
     total = None if plan.num_requests is None else plan.num_requests + plan.warmup
-    deadline_ns = None if plan.duration_s is None else origin_ns + int(plan.duration_s * 1e9)
     issued = 0
 
-    async def user() -> None:
+    async def next_item() -> tuple[int, RequestSpec] | None:
         nonlocal issued
+        if total is not None and issued >= total:
+            return None
+        spec = next(specs, None)
+        if spec is None:
+            return None
+        issued += 1
+        return issued - 1, spec
+
+    return next_item
+
+
+async def _closed_loop(session, target, next_item, plan, origin_ns, done, concurrency: int | None = None) -> None:
+    """`concurrency` users, each sending its next item as soon as its previous request ended."""
+    deadline_ns = None if plan.duration_s is None else origin_ns + int(plan.duration_s * 1e9)
+
+    async def user() -> None:
         while True:
-            if total is not None and issued >= total:
-                return
             if deadline_ns is not None and time.perf_counter_ns() >= deadline_ns:
                 return
-            position = issued
-            issued += 1
-            spec = next(specs, None)
-            if spec is None:  # a finite workload (trace) ran out
+            item = await next_item()
+            if item is None:
                 return
+            position, spec = item
             await _send_conversation(session, target, spec, origin_ns, _phase(position, plan.warmup), None,
                                      plan, done)
 
-    tasks = {asyncio.create_task(user()) for _ in range(int(plan.concurrency or 1))}
+    users = int(plan.concurrency or 1) if concurrency is None else concurrency
+    tasks = {asyncio.create_task(user()) for _ in range(users)}
     await _finish_all(tasks)

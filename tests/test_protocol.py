@@ -27,6 +27,53 @@ def test_continuous_usage_gives_exact_tokens_per_chunk():
     assert p.feed(b'data: {"choices":[{"text":"c"}],"usage":{"completion_tokens":5}}') == 3
 
 
+STREAMS = {
+    "vllm completions": [
+        b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":null}],"usage":null}',
+        b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" a","logprobs":null,"finish_reason":null}],"usage":null}',
+        b'data: {"id":"cmpl-1","choices":[{"index":0,"text":"\\\"text\\\":\\\"","finish_reason":null}],"usage":null}',
+        b'data: {"id":"cmpl-1","choices":[{"index":0,"text":null,"finish_reason":null}],"usage":null}',
+        b'data: {"id":"cmpl-1","choices":[{"index":0,"text":"z","finish_reason":"length"}],"usage":null}',
+        b'data: {"id":"cmpl-1","choices":[],"usage":{"prompt_tokens":4,"total_tokens":7,"completion_tokens":3}}',
+        b"data: [DONE]",
+    ],
+    "chat, spaced json": [
+        b'data: {"id": "c", "choices": [{"delta": {"role": "assistant", "content": ""}}]}',
+        b'data: {"id": "c", "choices": [{"delta": {"content": "Hi"}, "logprobs": {"content": []}}]}',
+        b'data: {"id": "c", "choices": [{"delta": {"content": null, "tool_calls": []}}]}',
+        b'data: {"id": "c", "choices": [{"delta": {"content": "!"}, "finish_reason": "stop"}]}',
+        b"data: [DONE]",
+    ],
+    "continuous usage": [
+        b'data: {"id":"v","choices":[{"text":"ab"}],"usage":{"prompt_tokens":5,"completion_tokens":2}}',
+        b'data: {"id":"v","choices":[{"text":""}],"usage":{"prompt_tokens":5,"completion_tokens":3}}',
+        b'data: {"id":"v","choices":[{"text":"c","finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":6}}',
+        b'data: {"id":"v","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":6}}',
+        b"data: [DONE]",
+    ],
+    "error mid-stream": [
+        b'data: {"id":"e","choices":[{"text":"a"}]}',
+        b'data: {"id":"e","error":{"message":"engine died"}}',
+    ],
+    "malformed mid-stream": [
+        b'data: {"id":"m","choices":[{"text":"a"}]}',
+        b'data: {"id":"m","choices":[{"text":"a"}]',
+    ],
+}
+
+
+def test_byte_scan_agrees_with_the_full_parse():
+    """Chunks after the first are answered by a byte scan; collecting the text forces the JSON parse on every
+    chunk. Both must give the same tokens per chunk, usage, finish reason, errors and end."""
+    for name, lines in STREAMS.items():
+        scan, full = OpenAIStreamParser(), OpenAIStreamParser(collect_text=True)
+        assert [scan.feed(x) for x in lines] == [full.feed(x) for x in lines], name
+        assert (scan.done, scan.finish_reason, scan.error, scan.response_id) == \
+            (full.done, full.finish_reason, full.error, full.response_id), name
+        assert (scan.usage or {}).get("completion_tokens") == (full.usage or {}).get("completion_tokens"), name
+        assert (scan.usage or {}).get("prompt_tokens") == (full.usage or {}).get("prompt_tokens"), name
+
+
 def test_stream_errors_are_kept():
     p = OpenAIStreamParser()
     p.feed(b'data: {"error":{"message":"out of memory"}}')
