@@ -48,6 +48,7 @@ class WorkerJob:
     open_items: tuple[list[int], list, list[float]] | None  # open loop: positions, specs, offsets
     concurrency: int  # closed loop: this worker's users
     prewarm: int
+    closed_items: list  # closed loop: (position, spec) to start with; more come as the worker takes them
 
 
 # 'auto' adds a process per this many closed-loop users or open-loop requests/s: where one process's share of
@@ -156,6 +157,14 @@ async def run_load_in_workers(target: Target, workload, plan: LoadPlan, on_recor
     try:
         for i in range(workers):
             started.append(await _start_worker(i))
+        # Closed loop: each worker starts with a buffer of two items per user, dealt round-robin so that the
+        # warm-up (the first positions) is spread over all workers; later items go to whoever asks.
+        buffers: list[list] = [[] for _ in started]
+        if next_item is not None:
+            for turn in range(2 * max(users)):
+                for w in started:
+                    if turn < 2 * users[w.index] and (item := await next_item()) is not None:
+                        buffers[w.index].append(item)
         for w in started:
             items = None
             if planned is not None:
@@ -163,7 +172,7 @@ async def run_load_in_workers(target: Target, workload, plan: LoadPlan, on_recor
                 positions = list(range(w.index, len(specs), workers))
                 items = (positions, [specs[k] for k in positions], [float(offsets[k]) for k in positions])
             w.send(("job", WorkerJob(w.index, bare_target, tokenizer, plan, items, users[w.index],
-                                     users[w.index] or max(1, OPEN_LOOP_PREWARM // workers))))
+                                     users[w.index] or max(1, OPEN_LOOP_PREWARM // workers), buffers[w.index])))
         for w in started:
             message = await asyncio.wait_for(_read(w.reader), READY_TIMEOUT_S)
             if message != ("ready",):
@@ -173,12 +182,6 @@ async def run_load_in_workers(target: Target, workload, plan: LoadPlan, on_recor
         origin_ns = time.perf_counter_ns() + 5_000_000  # every worker has the origin before it arrives
         for w in started:
             w.send(("go", origin_ns))
-            if next_item is not None:
-                for _ in range(2 * users[w.index]):  # a buffer, so no user ever waits for the parent
-                    item = await next_item()
-                    if item is None:
-                        break
-                    w.send(("specs", [item]))
 
         def stop_all() -> None:
             for w in started:
@@ -250,7 +253,7 @@ async def _work(fd: int) -> None:
         from loadgen.prompts import HFTokenizer
 
         target = replace(target, count_tokens=HFTokenizer(job.tokenizer).count)
-    queue: deque = deque()
+    queue: deque = deque(job.closed_items)
     arrived = asyncio.Event()
     ended = False
 

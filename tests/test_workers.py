@@ -86,7 +86,8 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_records(tmp_path, start_sim):
         if (out / "requests.jsonl").exists() and len((out / "requests.jsonl").read_text().splitlines()) >= 5:
             break
         time.sleep(0.1)
-    workers = subprocess.run(["pgrep", "-f", "loadgen.workers"], capture_output=True, text=True).stdout.split()
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "loadgen.workers"], capture_output=True,
+                             text=True).stdout.split()
     assert len(workers) >= 2
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
