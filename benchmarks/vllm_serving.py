@@ -55,6 +55,8 @@ def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, o
     result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
     if (out / "summary.json").exists():
         result["summary"] = json.loads((out / "summary.json").read_text())
+        result["ttfts_ms"] = [(r["first_token_s"] - r["sent_s"]) * 1e3 for line in (out / "requests.jsonl").open()
+                              if (r := json.loads(line))["phase"] == "measured" and r["status"] == "ok"]
     else:
         result["stderr"] = proc.stderr[-2000:]
     return result
@@ -70,8 +72,8 @@ def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args
         "--tokenizer", model, "--dataset-name", "random", "--random-input-len", args.input_len,
         "--random-output-len", args.output_len, "--random-range-ratio", "0", "--num-prompts", str(n), *rate,
         "--ignore-eos", "--seed", str(seed), "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
-        "--metric-percentiles", "50,90,99", "--save-result", "--result-dir", str(out), "--result-filename",
-        "vllm-bench.json", "--disable-tqdm")
+        "--metric-percentiles", "50,90,99", "--save-result", "--save-detailed", "--result-dir", str(out),
+        "--result-filename", "vllm-bench.json", "--disable-tqdm")
     # the server's own view of this client's run: its exact mean TTFT (histogram _sum/_count) is the reference
     # both clients' TTFT can be checked against (loadgen's scraper child process, run here around vLLM's client)
     scraper = subprocess.Popen(scraper_argv(url + "/metrics", out / "server_metrics.jsonl", 1.0), cwd=ROOT, env=env,
@@ -90,6 +92,7 @@ def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args
     if path.exists():
         data = json.loads(path.read_text())
         result["result"] = {k: v for k, v in data.items() if not isinstance(v, list)}  # percentiles, not per-request
+        result["ttfts_ms"] = [t * 1e3 for t in data.get("ttfts") or [] if t]  # per request (pooled over repeats)
     else:
         result["stderr"] = proc.stderr[-2000:]
     return result
@@ -105,6 +108,8 @@ def medians(point: dict) -> dict:
         row[f"vllm_{metric}_p50_ms"] = v.get(f"median_{metric}_ms")
     for who, sm in (("loadgen", s.get("server_metrics")), ("vllm", (point.get("vllm_bench") or {}).get("server_metrics"))):
         row[f"server_ttft_mean_ms_during_{who}"] = ((sm or {}).get("server_ttft_ms") or {}).get("mean")
+    for who, sm in (("loadgen", s.get("server_metrics")), ("vllm", (point.get("vllm_bench") or {}).get("server_metrics"))):
+        row[f"server_phases_ms_during_{who}"] = (sm or {}).get("request_phases_mean_ms")
     row["loadgen_ttft_mean_ms"] = (s.get("ttft_ms") or {}).get("mean")
     row["vllm_ttft_mean_ms"] = v.get("mean_ttft_ms")
     row["loadgen_output_tok_s"] = (s.get("throughput") or {}).get("output_tokens_per_s")
@@ -139,6 +144,7 @@ def main() -> int:
     p.add_argument("--engine-arg", action="append", default=[], help="extra vLLM flag (repeatable)")
     p.add_argument("--points", nargs="+", default=["poisson:1,2,4,8,16,32", "closed:1,8,32,128"])
     p.add_argument("--seconds", type=float, default=15.0, help="load per Poisson point (default 15 s)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per point and client, alternating who goes first")
     p.add_argument("--seed", type=int, default=100, help="first of the seeds; each run gets its own (default 100)")
     p.add_argument("--input-len", default="512")
     p.add_argument("--output-len", default="128")
@@ -178,23 +184,29 @@ def main() -> int:
         loadgen_point(url, model, "closed", 8, 32, args, out / "warmup", env, seed=args.seed)
         # Every run gets prompts no run sent before: vLLM's prefix cache keeps earlier prompts, and a repeated
         # prompt would measure the cache instead of prefill (the first version of this benchmark did exactly that).
-        for i, (kind, value) in enumerate(parse_points(args.points)):
+        runs = 0
+        for kind, value in parse_points(args.points):
             n = requests_for(kind, value, args.seconds)
             tag = f"{kind}-{value:g}"
-            point = {"kind": kind, "value": value, "requests": n}
-            point["loadgen"] = loadgen_point(url, model, kind, value, n, args, out / f"{tag}-loadgen", env,
-                                             seed=args.seed + 1 + 2 * i)
-            point["vllm_bench"] = vllm_bench_point(url, model, kind, value, n, args, out / f"{tag}-vllm-bench", env,
-                                                   seed=args.seed + 2 + 2 * i)
-            point["medians"] = medians(point)
-            report["points"].append(point)
-            report_path.write_text(json.dumps(report, indent=1))
-            m = point["medians"]
-            print(f"{tag:>12}  TTFT mean {m['loadgen_ttft_mean_ms']} (server {m['server_ttft_mean_ms_during_loadgen']}) / "
-                  f"{m['vllm_ttft_mean_ms']} (server {m['server_ttft_mean_ms_during_vllm']})  "
-                  f"TTFT p50 {m['loadgen_ttft_p50_ms']} / {m['vllm_ttft_p50_ms']}  "
-                  f"TPOT {m['loadgen_tpot_p50_ms']} / {m['vllm_tpot_p50_ms']}  "
-                  f"tok/s {m['loadgen_output_tok_s']} / {m['vllm_output_tok_s']}", flush=True)
+            for rep in range(args.repeats):
+                # alternate who goes first, so a drift of the server over time does not favour one client
+                order = ("loadgen", "vllm_bench") if rep % 2 == 0 else ("vllm_bench", "loadgen")
+                point = {"kind": kind, "value": value, "requests": n, "repeat": rep, "order": list(order)}
+                for who in order:
+                    runs += 1
+                    run = (loadgen_point if who == "loadgen" else vllm_bench_point)(
+                        url, model, kind, value, n, args, out / f"{tag}-r{rep}-{who}", env, seed=args.seed + runs)
+                    point[who] = run
+                point["medians"] = medians(point)
+                report["points"].append(point)
+                report_path.write_text(json.dumps(report, indent=1))
+                m = point["medians"]
+                print(f"{tag:>12} r{rep}  TTFT mean {m['loadgen_ttft_mean_ms']} (server {m['server_ttft_mean_ms_during_loadgen']}) / "
+                      f"{m['vllm_ttft_mean_ms']} (server {m['server_ttft_mean_ms_during_vllm']})  "
+                      f"TTFT p50 {m['loadgen_ttft_p50_ms']} / {m['vllm_ttft_p50_ms']}  "
+                      f"TPOT {m['loadgen_tpot_p50_ms']} / {m['vllm_tpot_p50_ms']}  "
+                      f"tok/s {m['loadgen_output_tok_s']} / {m['vllm_output_tok_s']}  "
+                      f"phases {m['server_phases_ms_during_loadgen']}", flush=True)
         for spec in args.extra_loadgen:
             name, _, rest = spec.partition("=")
             cmd = [sys.executable, "-m", "loadgen", "run", "--backend", "vllm", "--url", url, "--model", model,
@@ -208,7 +220,27 @@ def main() -> int:
     finally:
         server.stop()
 
+    from statistics import median
+
     from tabulate import tabulate
+
+    pooled = {}
+    for pt in report["points"]:
+        key = f"{pt['kind']} {pt['value']:g}"
+        for who in ("loadgen", "vllm_bench"):
+            pooled.setdefault(key, {}).setdefault(who, []).extend((pt.get(who) or {}).get("ttfts_ms") or [])
+    report["pooled_ttft_median_ms"] = {
+        key: {"loadgen": median(v["loadgen"]) if v["loadgen"] else None, "loadgen_n": len(v["loadgen"]),
+              "vllm_bench": median(v["vllm_bench"]) if v["vllm_bench"] else None, "vllm_bench_n": len(v["vllm_bench"])}
+        for key, v in pooled.items()}
+    for pt in report["points"]:
+        for who in ("loadgen", "vllm_bench"):
+            (pt.get(who) or {}).pop("ttfts_ms", None)  # on disk in the run directories; the JSON keeps the medians
+    report_path.write_text(json.dumps(report, indent=1))
+    for key, v in report["pooled_ttft_median_ms"].items():
+        if v["loadgen"] and v["vllm_bench"]:
+            print(f"pooled TTFT median {key}: loadgen {v['loadgen']:.2f} (n={v['loadgen_n']}) vs vLLM's client "
+                  f"{v['vllm_bench']:.2f} (n={v['vllm_bench_n']}): {v['vllm_bench'] / v['loadgen'] - 1:+.1%}")
 
     rows = []
     for pt in report["points"]:

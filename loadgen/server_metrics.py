@@ -73,6 +73,17 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     return prev_bound
 
 
+# vLLM's per-request phase histograms (seconds): where a request's time went, as the server saw it.
+REQUEST_PHASE_HISTOGRAMS = {
+    "e2e": "vllm:e2e_request_latency_seconds",
+    "queue": "vllm:request_queue_time_seconds",
+    "inference": "vllm:request_inference_time_seconds",
+    "prefill": "vllm:request_prefill_time_seconds",
+    "decode": "vllm:request_decode_time_seconds",
+    "ttft": "vllm:time_to_first_token_seconds",
+}
+
+
 def summarize_server_metrics(rows: list[dict]) -> dict | None:
     if not rows:
         return None
@@ -104,6 +115,17 @@ def summarize_server_metrics(rows: list[dict]) -> dict | None:
                 "method": "deltas of the server's histogram over the run; percentiles interpolated within buckets",
             }
             break
+    phases = {}
+    for label, name in REQUEST_PHASE_HISTOGRAMS.items():
+        count = sum(_series(last, name + "_count")) - sum(_series(first, name + "_count"))
+        if count > 0:
+            phases[label] = (sum(_series(last, name + "_sum")) - sum(_series(first, name + "_sum"))) / count * 1e3
+    if phases:
+        if "e2e" in phases and "inference" in phases:
+            # arrival at the API server to the engine's first scheduling: tokenisation, input processing, the hop
+            # to the engine process and the engine's queue (vLLM times inference from the first scheduling)
+            phases["before_inference"] = phases["e2e"] - phases["inference"]
+        out["request_phases_mean_ms"] = phases
     return out
 
 

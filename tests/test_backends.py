@@ -212,6 +212,22 @@ def test_prefix_cache_hit_rate_from_counter_deltas():
     assert (pc["queried_tokens"], pc["hit_tokens"]) == (2000, 500) and pc["hit_rate"] == pytest.approx(0.25)
 
 
+def test_request_phases_from_vllm_histogram_deltas():
+    """Mean ms per phase over the run (delta sum / delta count); before_inference = e2e - inference."""
+    from loadgen.server_metrics import parse_metrics, summarize_server_metrics
+
+    names = {"e2e_request_latency": (2.0, 4.0), "request_inference_time": (1.5, 3.1), "request_prefill_time": (0.2, 0.6),
+             "request_queue_time": (0.0, 0.01)}
+    def text(i: int, count: int) -> str:
+        return "".join(f"# TYPE vllm:{n}_seconds histogram\nvllm:{n}_seconds_count {count}\n"
+                       f"vllm:{n}_seconds_sum {v[i]}\n" for n, v in names.items())
+    rows = [{"values": parse_metrics(text(0, 10))}, {"values": parse_metrics(text(1, 30))}]
+    phases = summarize_server_metrics(rows)["request_phases_mean_ms"]
+    assert phases["e2e"] == pytest.approx(100.0) and phases["inference"] == pytest.approx(80.0)
+    assert phases["prefill"] == pytest.approx(20.0) and phases["queue"] == pytest.approx(0.5)
+    assert phases["before_inference"] == pytest.approx(20.0) and "decode" not in phases
+
+
 def test_attached_run_scrapes_server_metrics(tmp_path):
     server = BackgroundServer([*FIXTURE])
     try:
