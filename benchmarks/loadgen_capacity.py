@@ -159,6 +159,7 @@ def main() -> int:
     p.add_argument("--concurrency", default="2,4,8,16,32,64,128,256", help="ladder: closed-loop streams")
     p.add_argument("--stream-itls", default="50ms,20ms,10ms,5ms", help="streams: the target's ITL at 256 streams")
     p.add_argument("--qps", default="50,100,200,400", help="open: Poisson request rates")
+    p.add_argument("--workers", default="1,2", help="streams and open: loadgen worker counts to run (default 1,2)")
     p.add_argument("--rounds", type=int, default=4, help="requests per stream at each closed-loop point (default 4)")
     p.add_argument("--input-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=64)
@@ -168,6 +169,7 @@ def main() -> int:
     args = p.parse_args()
     sections = args.sections.split(",")
     peers = ["vllm_bench"] if args.vllm_python and args.tokenizer else []
+    ours = ["loadgen" if w == "1" else f"loadgen-w{w}" for w in args.workers.split(",")]
     report: dict = {"benchmark": "loadgen_capacity", "cpus": os.cpu_count(), "target_ttft": "5ms", "points": []}
 
     def run_point(target: Target, section: str, label: str, load: dict, clients: list[str], extra: dict) -> None:
@@ -195,10 +197,10 @@ def main() -> int:
                 try:
                     load = {"concurrency": 256, "n": 256 * args.rounds * 2, "warmup": 256}
                     run_point(target, "streams", f"256 ranged, ITL {itl}", {**load, "ranged": True},
-                              ["loadgen", "loadgen-w2", *peers], {"itl": itl})
+                              [*ours, *peers], {"itl": itl})
                     if itl == "20ms":
                         run_point(target, "streams", f"256 fixed, ITL {itl}", {**load, "ranged": False},
-                                  ["loadgen", "loadgen-w2", *peers], {"itl": itl})
+                                  [*ours, *peers], {"itl": itl})
                 finally:
                     target.stop()
         if "open" in sections:
@@ -206,7 +208,7 @@ def main() -> int:
             try:
                 for qps in [float(x) for x in args.qps.split(",")]:
                     run_point(target, "open", f"Poisson {qps:g}/s", {"qps": qps, "n": int(qps * 8), "warmup": 0,
-                              "ranged": True}, ["loadgen", "loadgen-w2", *peers], {"itl": "20ms"})
+                              "ranged": True}, [*ours, *peers], {"itl": "20ms"})
             finally:
                 target.stop()
 
