@@ -26,7 +26,8 @@ from backends.sim import build_config  # noqa: E402
 from backends.sim_replay import replay, summarize_replay  # noqa: E402
 
 MEASURED = ["results/h100-vllm-serving-poisson.json", "results/h100-vllm-serving-closed.json",
-            "results/h100-vllm-serving-ttft-check.json"]
+            "results/h100-vllm-serving-ttft-check.json", "results/h100-vllm-serving-phases.json",
+            "results/h100-vllm-serving-low-load.json"]
 SATURATED = {("poisson", 32.0), ("closed", 128.0)}  # vLLM's unthrottled capacity is ~30 req/s here
 
 
