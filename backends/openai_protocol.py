@@ -74,19 +74,14 @@ class OpenAIStreamParser(EventParser):
     def feed(self, line: bytes) -> int:
         if self.text is not None or self.response_id is None:
             return super().feed(line)
-        if not line.startswith(b"data:"):
-            return 0
-        data = line[5:].strip()
-        if not data:
-            return 0
-        if data == b"[DONE]":
-            self.done = True
+        data = self.data(line)
+        if data is None:
             return 0
         if data[:1] != b"{" or data[-1:] != b"}" or b'"error"' in data:
-            return super().feed(line)  # malformed data or an error event: the full parse reports it
+            return self.parse(data)  # malformed data or an error event: the full parse reports it
         if _HAS_USAGE.search(data):
             if _NO_CHOICES.search(data):
-                return super().feed(line)  # the final usage chunk: parsed once
+                return self.parse(data)  # the final usage chunk: parsed once
             counted = _COMPLETION_TOKENS.search(data)  # continuous usage: exact tokens in this chunk
             if counted:
                 completion = int(counted.group(1))

@@ -24,15 +24,23 @@ class EventParser:
         self.text: list[str] | None = [] if collect_text else None
         self._tokens = 0
 
-    def feed(self, line: bytes) -> int:
+    def data(self, line: bytes) -> bytes | None:
+        """The payload of a `data:` line; None for other lines, empty data and the end marker (which sets done)."""
         if not line.startswith(b"data:"):
-            return 0
+            return None
         data = line[5:].strip()
-        if not data:
-            return 0
         if data == b"[DONE]":
             self.done = True
+            return None
+        return data or None
+
+    def feed(self, line: bytes) -> int:
+        data = self.data(line)
+        if data is None:
             return 0
+        return self.parse(data)
+
+    def parse(self, data: bytes) -> int:
         try:
             event = json.loads(data)
         except ValueError:
