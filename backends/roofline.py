@@ -26,6 +26,16 @@ class EngineCostParams:
     # Latency from a request's arrival to its first chance of being scheduled (HTTP, tokenization, the engine's
     # input and output hops); fitted as above (vLLM's own TTFT histogram shows ~15 ms of it for a lone request).
     request_overhead_s: float = 15e-3
+    # The engine plans step k+1 while step k runs (vLLM's scheduler works one step ahead), so a request that
+    # arrives while the engine is busy is first scheduled this many steps after the next step boundary; an idle
+    # engine takes it at once. 0 turns it off. Structural, not fitted: vLLM's per-request phases show the
+    # difference (results/h100-vllm-serving-*.json: a request arriving beside one running request waits ~1 step
+    # longer than one arriving at an idle engine).
+    scheduling_lag_steps: int = 0
+    # The front end (API server: detokenising, SSE, HTTP) as one first-in-first-out worker: each streamed token
+    # costs it this long; a step's tokens reach the client once it has processed them, and a new request's intake
+    # waits behind them. This is what makes TTFT grow with the token rate. 0 turns it off.
+    frontend_token_s: float = 0.0
     # Latency of one small all-reduce between GPUs (NVLink, custom all-reduce kernels).
     allreduce_latency_s: float = 8e-6
     dtype_bytes: int = BF16_BYTES

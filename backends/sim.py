@@ -120,6 +120,26 @@ class GroundTruth:
     status: str = "running"
 
 
+class FrontEnd:
+    """The serving front end (API server) as one first-in-first-out worker on a clock of seconds: each streamed
+    token costs it `token_s`; a new request is taken in once the tokens ahead of it are processed. Used by the
+    live sim and by the virtual-time replay, so both wait the same way."""
+
+    def __init__(self, token_s: float):
+        self.token_s = token_s
+        self.free_at = 0.0
+
+    def intake(self, t: float) -> float:
+        """When a request that arrived at `t` is through the front end."""
+        self.free_at = max(self.free_at, t)
+        return self.free_at
+
+    def deliver(self, t: float, tokens: int) -> float:
+        """When `tokens` produced by a step that ended at `t` reach the client."""
+        self.free_at = max(self.free_at, t) + tokens * self.token_s
+        return self.free_at
+
+
 class SimEngine:
     """Owns the scheduler in a dedicated thread; the event loop talks to it through an inbox."""
 
@@ -140,6 +160,7 @@ class SimEngine:
         self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
         self._due: list[tuple[float, int, str, int, int]] = []  # fixed timing: (due, seq, rid, token k, of n)
         self._seq = itertools.count()
+        self.frontend = FrontEnd(config.cost.frontend_token_s)
         self._thread = threading.Thread(target=self._run_fixed if config.fixed else self._run, name="sim-engine",
                                         daemon=True)
 
@@ -163,6 +184,15 @@ class SimEngine:
         self._inbox.append(("abort", rid))
         self._wake.set()
 
+    def _step_done(self, events: list[TokenEvent], ended: float) -> None:
+        """In the event loop: the step's tokens go out once the front end has processed them."""
+        shown = self.frontend.deliver(ended, sum(ev.tokens for ev in events))
+        delay = shown - time.perf_counter()
+        if delay > 0:
+            self.loop.call_later(delay, self._deliver, events)
+        else:
+            self._deliver(events)
+
     def _deliver(self, events: list[TokenEvent]) -> None:
         for ev in events:
             queue = self._queues.get(ev.rid)
@@ -170,14 +200,6 @@ class SimEngine:
                 queue.put_nowait(ev)
                 if ev.finished:
                     del self._queues[ev.rid]
-
-    def _drain_inbox(self) -> None:
-        while self._inbox:
-            op, arg = self._inbox.popleft()
-            if op == "add":
-                self.scheduler.add(arg)  # type: ignore[arg-type]
-            else:
-                self.scheduler.abort(arg)  # type: ignore[arg-type]
 
     def _run_fixed(self) -> None:
         """Each request on its own clock: token k (1-based) due at arrival + TTFT + (k-1) * ITL."""
@@ -217,9 +239,26 @@ class SimEngine:
     def _run(self) -> None:
         cfg = self.config
         due = time.perf_counter()
+        # requests that arrived while a step ran, by the step boundary at which they may be scheduled
+        lagging: list[list[SimRequest]] = [[] for _ in range(cfg.cost.scheduling_lag_steps)]
         while not self._stop.is_set():
-            self._drain_inbox()
+            if lagging:
+                for request in lagging.pop(0):
+                    self.scheduler.add(request)
+                lagging.append([])
+            while self._inbox:
+                op, arg = self._inbox.popleft()
+                if op == "add" and lagging and self.scheduler.has_work:
+                    lagging[-1].append(arg)  # type: ignore[arg-type]
+                elif op == "add":
+                    self.scheduler.add(arg)  # type: ignore[arg-type]
+                else:
+                    self.scheduler.abort(arg)  # type: ignore[arg-type]
+                    for held in lagging:
+                        held[:] = [r for r in held if r.rid != arg]
             if not self.scheduler.has_work:
+                if any(lagging):
+                    continue
                 self._wake.wait(0.05)
                 self._wake.clear()
                 due = time.perf_counter()
@@ -232,7 +271,7 @@ class SimEngine:
                 time.sleep(remaining)
             events = self.scheduler.complete(plan)
             if events:
-                self.loop.call_soon_threadsafe(self._deliver, events)
+                self.loop.call_soon_threadsafe(self._step_done, events, due)
 
 
 class SimServer:
@@ -359,8 +398,11 @@ class SimServer:
         rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{next(self._ids)}"
         truth = GroundTruth(rid, received_ns, prompt_tokens, max_tokens)
         self.ground_truth[rid] = truth
-        if self.config.cost.request_overhead_s > 0 and not self.config.fixed:
-            await asyncio.sleep(self.config.cost.request_overhead_s)  # input processing before the scheduler sees it
+        if not self.config.fixed:
+            # through the front end (behind the tokens it is streaming), then input processing before the engine
+            ready = self.engine.frontend.intake(time.perf_counter()) + self.config.cost.request_overhead_s
+            if ready > time.perf_counter():
+                await asyncio.sleep(ready - time.perf_counter())
         queue = self.engine.submit(SimRequest(rid, prompt_tokens, max_tokens))
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))

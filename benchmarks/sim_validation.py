@@ -1,12 +1,15 @@
-"""The simulated engine against vLLM measured on the H100: fit two documented constants on one load point,
-predict every other point, print the errors, write JSON.
+"""The simulated engine against vLLM measured on the H100: fit documented constants on one load point, predict
+every other point, print the errors, write JSON.
 
-    python benchmarks/sim_validation.py --fit closed:8 --out results/h100-sim-validation.json
+    python benchmarks/sim_validation.py --fit poisson:1 --out results/h100-sim-validation-all-runs.json
+    python benchmarks/sim_validation.py --fit poisson:8 --fit-frontend --lag 1 --out results/h100-sim-validation-frontend.json
 
-Measured values are loadgen's medians from results/h100-vllm-serving-*.json (points measured twice are averaged:
-run-to-run variation of the real server is itself ~10% on TTFT at 60 requests). Predictions come from the sim
-replayed in virtual time (backends/sim_replay.py: the live sim's scheduler and step costs) with 2,000 requests.
-Saturated points (offered load above capacity) are shown but not scored.
+Measured values are loadgen's medians from results/h100-vllm-serving-*.json (points measured more than once are
+averaged: run-to-run variation of the real server is itself ~10-20% on TTFT at low load). Predictions come from
+the sim replayed in virtual time (backends/sim_replay.py: the live sim's scheduler, step costs and front end)
+with 2,000 requests. Saturated points (offered load above capacity) are shown but not scored. The default fit is
+the sim's default model (step overhead, request overhead); `--lag 1 --fit-frontend` fits the alternative with
+vLLM's one-step-ahead scheduling and a front end that costs time per streamed token.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def main() -> int:
     p.add_argument("--fit", default="closed:8", help="the one point the constants are fitted on (default closed:8)")
     p.add_argument("--profile", help="drive the sim with a measured profile (training_bench micro profile) instead "
                                       "of the roofline")
+    p.add_argument("--lag", type=int, default=None,
+                   help="scheduling_lag_steps (structural, not fitted; default: the sim's own default)")
+    p.add_argument("--fit-frontend", action="store_true", help="also fit the front end's time per streamed token")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     measured = measured_points(MEASURED)
@@ -74,26 +80,38 @@ def main() -> int:
     fit_key = (kind, float(value))
     target = measured[fit_key]
     base = build_config("7b", "h100", 1, profile=args.profile)
+    if args.lag is None:
+        args.lag = base.cost.scheduling_lag_steps
     # fit from zero, so the fitted values do not depend on the defaults they became
-    base = replace(base, cost=replace(base.cost, step_overhead_s=0.3e-3, request_overhead_s=0.0))
+    base = replace(base, cost=replace(base.cost, step_overhead_s=0.3e-3, request_overhead_s=0.0, frontend_token_s=0.0,
+                                      scheduling_lag_steps=args.lag))
 
-    def config_with(overhead_ms: float, request_ms: float):
-        return replace(base, cost=replace(base.cost, step_overhead_s=overhead_ms / 1e3,
-                                          request_overhead_s=request_ms / 1e3))
+    def config_with(overhead_ms: float, request_ms: float, frontend_ms: float = 0.0):
+        return replace(base, cost=replace(base.cost, step_overhead_s=overhead_ms / 1e3, request_overhead_s=request_ms / 1e3,
+                                          frontend_token_s=frontend_ms / 1e3))
 
-    # Two constants, fitted on one point by grid search (squared relative error of the TTFT and TPOT medians): the
-    # engine's fixed cost per iteration (TPOT) and its fixed latency per request before scheduling (TTFT). The
-    # roofline's efficiencies stay at their datasheet-derived defaults.
-    best = None
-    for overhead_ms, request_ms in itertools.product([x / 10 for x in range(0, 31)], [float(x) for x in range(0, 31)]):
-        pred = predict(config_with(overhead_ms, request_ms), *fit_key, n=400)
-        e = errors(pred, target, kind)
-        loss = e["ttft_p50_ms"] ** 2 + e["tpot_p50_ms"] ** 2
-        if best is None or loss < best[0]:
-            best = (loss, overhead_ms, request_ms)
-    _, overhead_ms, request_ms = best
-    fitted = config_with(overhead_ms, request_ms)
-    rows, report = [], {"cost_model": base.cost_model, "fit_point": args.fit, "fitted": {"step_overhead_ms": overhead_ms, "request_overhead_ms": request_ms},
+    # Constants fitted on one point by grid search (squared relative error of the TTFT and TPOT medians): the
+    # engine's fixed cost per iteration (TPOT), its fixed latency per request before scheduling (TTFT) and, with
+    # --fit-frontend, the front end's time per streamed token (how TTFT grows with load). A coarse grid, then a
+    # fine one around its best. The roofline's efficiencies stay at their datasheet-derived defaults.
+    def search(steps, requests, frontends):
+        best = None
+        for overhead_ms, request_ms, frontend_ms in itertools.product(steps, requests, frontends):
+            pred = predict(config_with(overhead_ms, request_ms, frontend_ms), *fit_key, n=300)
+            e = errors(pred, target, kind)
+            loss = e["ttft_p50_ms"] ** 2 + e["tpot_p50_ms"] ** 2
+            if best is None or loss < best[0]:
+                best = (loss, overhead_ms, request_ms, frontend_ms)
+        return best
+
+    frontends = [x / 20 for x in range(0, 11)] if args.fit_frontend else [0.0]
+    _, o, r, f = search([x / 5 for x in range(0, 16)], [float(x) for x in range(0, 31, 2)], frontends)
+    _, overhead_ms, request_ms, frontend_ms = search(
+        [max(0.0, round(o + d / 10, 2)) for d in (-1, 0, 1)], [max(0.0, r + d) for d in (-1, 0, 1)],
+        sorted({max(0.0, round(f + d / 40, 3)) for d in (-1, 0, 1)}) if args.fit_frontend else [0.0])
+    fitted = config_with(overhead_ms, request_ms, frontend_ms)
+    rows, report = [], {"cost_model": base.cost_model, "fit_point": args.fit, "fitted": {"step_overhead_ms": overhead_ms, "request_overhead_ms": request_ms,
+                                                                                        "frontend_token_ms": frontend_ms, "scheduling_lag_steps": args.lag},
                         "before_fit": {"step_overhead_ms": base.cost.step_overhead_s * 1e3,
                                        "request_overhead_ms": base.cost.request_overhead_s * 1e3}, "points": []}
     for key in sorted(measured, key=lambda k: (k[0] != "poisson", k[1])):
@@ -117,7 +135,8 @@ def main() -> int:
                                for m in ("ttft_p50_ms", "tpot_p50_ms", "output_tok_s")}
     from tabulate import tabulate
 
-    print(f"fitted on {args.fit}: step overhead {overhead_ms:.1f} ms, request overhead {request_ms:.0f} ms "
+    print(f"fitted on {args.fit}: step overhead {overhead_ms:.1f} ms, request overhead {request_ms:.0f} ms, front end "
+          f"{frontend_ms:.3f} ms per token, scheduling lag {args.lag} step(s) "
           f"(before the fit {base.cost.step_overhead_s * 1e3:.1f} ms, {base.cost.request_overhead_s * 1e3:.0f} ms)")
     print(tabulate(rows, headers=["point", "runs", "TTFT meas", "TTFT sim", "err", "TPOT meas", "TPOT sim", "err",
                                   "tok/s meas", "tok/s sim", "err", ""], disable_numparse=True))

@@ -122,8 +122,37 @@ def test_replay_of_a_lone_request_is_its_step_costs():
     assert len(done) == 1
     prefill = cfg.step_seconds([SeqWork(512, 0, True)])
     decode = [cfg.step_seconds([SeqWork(1, 512 + k, True)]) for k in range(7)]
-    assert done[0].ttft_s == pytest.approx(cfg.cost.request_overhead_s + prefill)
-    assert done[0].e2el_s == pytest.approx(cfg.cost.request_overhead_s + prefill + sum(decode))
+    # a lone request: the front end is never behind, so each token costs it exactly one token's time
+    front = cfg.cost.frontend_token_s
+    assert done[0].ttft_s == pytest.approx(cfg.cost.request_overhead_s + prefill + front)
+    assert done[0].e2el_s == pytest.approx(cfg.cost.request_overhead_s + prefill + sum(decode) + front)
     # a closed loop of 4 users completes every request exactly once
     closed = replay(cfg, 128, 16, 12, concurrency=4)
     assert len(closed) == 12 and summarize_replay(closed)["output_tok_s"] > 0
+
+
+def test_front_end_is_one_fifo_worker():
+    from backends.sim import FrontEnd
+
+    f = FrontEnd(token_s=0.001)
+    assert f.deliver(1.0, 20) == pytest.approx(1.020)  # 20 tokens of a step that ended at 1.0 s
+    assert f.intake(1.005) == pytest.approx(1.020)  # a request arriving meanwhile waits behind them
+    assert f.deliver(1.010, 5) == pytest.approx(1.025)  # the next step's tokens queue behind the first
+    assert f.intake(2.0) == 2.0 and f.deliver(2.5, 0) == 2.5  # idle: no wait
+
+
+def test_scheduling_lag_costs_a_busy_arrival_about_one_step():
+    """With the engine planning a step ahead, a request arriving while it is busy is scheduled one step boundary
+    later than without: its TTFT grows by about one decode step; arrivals at an idle engine are not delayed."""
+    from dataclasses import replace
+
+    from backends.sim import build_config
+    from backends.sim_replay import replay
+
+    base = build_config("7b", "h100", 1)
+    cfgs = [replace(base, cost=replace(base.cost, scheduling_lag_steps=lag, frontend_token_s=0.0)) for lag in (0, 1)]
+    busy = [sum(r.ttft_s for r in replay(c, 512, 128, 400, qps=6.0, seed=3)) / 400 for c in cfgs]
+    step = base.step_seconds([SeqWork(1, 600, True)] * 6)
+    assert 0.5 * step < busy[1] - busy[0] < 1.5 * step
+    lone = [replay(c, 512, 8, 1, qps=0.001)[0].ttft_s for c in cfgs]
+    assert lone[0] == pytest.approx(lone[1])
