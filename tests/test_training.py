@@ -172,3 +172,16 @@ def test_pretrain_on_gpu_reports_mfu_and_memory(tmp_path):
     r = json.loads(out.read_text())
     assert r["memory"]["peak_bytes"] > r["memory"]["parameters_bytes"] > 0
     assert r["phase_timing"] == "CUDA events per phase"
+
+
+def test_device_choice_on_a_machine_without_gpu():
+    import torch
+
+    from training_bench.devices import pick_device
+    from training_bench.errors import BenchError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert pick_device("auto").type == "cpu" and pick_device("cpu", local_rank=1).type == "cpu"
+    with pytest.raises(BenchError, match="no CUDA GPU is visible; use --device cpu"):
+        pick_device("cuda", local_rank=0)

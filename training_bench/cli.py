@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from scenarios.catalog import CatalogError, get_gpu, get_model
+from training_bench.devices import pick_device
 from training_bench.errors import BenchError
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -135,16 +136,6 @@ def build_parser() -> Parser:
     return parser
 
 
-def _device(args):
-    import torch
-
-    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise BenchError("--device cuda, but no CUDA GPU is visible; use --device cpu")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _dtype(args):
     import torch
 
@@ -185,7 +176,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
     bad = [i for i in impls if i not in O.ATTENTION_IMPLS]
     if bad:
         raise BenchError(f"unknown attention implementation(s) {', '.join(bad)}; choose from {', '.join(O.ATTENTION_IMPLS)}")
-    device, dtype = _device(args), _dtype(args)
+    device, dtype = pick_device(args.device), _dtype(args)
     gemm_n, copy_bytes = _ceiling_sizes(args, device)
     gemm = gemm_ceiling(device, dtype, gemm_n, args.warmup, args.reps)
     copy = copy_ceiling(device, copy_bytes, args.warmup, args.reps)
@@ -245,7 +236,7 @@ def cmd_layer(args: argparse.Namespace) -> int:
     from training_bench.profile import device_name
 
     model = get_model(args.model)
-    device, dtype = _device(args), _dtype(args)
+    device, dtype = pick_device(args.device), _dtype(args)
     comm_results = json.loads(Path(args.comm).read_text())["results"] if args.comm else None
     breakdowns = []
     for t in args.tp:
@@ -274,7 +265,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     model = get_model(args.model)
     if args.gpu:
         get_gpu(args.gpu)
-    device, dtype = _device(args), _dtype(args)
+    device, dtype = pick_device(args.device), _dtype(args)
     gemm_n, copy_bytes = _ceiling_sizes(args, device)
     profile = build_profile(model, device, dtype, args.tokens, args.prefill_seqs, args.decode, args.attn, gemm_n,
                             copy_bytes, args.warmup, args.reps, get_gpu(args.gpu).key if args.gpu else None,

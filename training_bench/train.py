@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from scenarios.catalog import get_model, gpu_for_device
+from training_bench.devices import pick_device
 from training_bench.errors import BenchError
 from training_bench.flops import training_flops_per_token
 from training_bench.model_build import attention_context, build_model, check_attention, enable_recompute, truncated
@@ -132,17 +133,6 @@ def check_config(cfg: TrainConfig, device_type: str, dist: Dist) -> str:
     return strategy
 
 
-def _device(cfg: TrainConfig, dist: Dist):
-    import torch
-
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise BenchError("--device cuda, but no CUDA GPU is visible; use --device cpu")
-        torch.cuda.set_device(dist.local_rank)
-        return torch.device("cuda", dist.local_rank)
-    return torch.device("cpu")
-
-
 def _init_process_group(device, dist: Dist, strategy: str) -> None:
     import torch.distributed as tdist
 
@@ -253,7 +243,7 @@ def run_training(cfg: TrainConfig, progress=None) -> dict:
     import torch
 
     dist = dist_env()
-    device = _device(cfg, dist)
+    device = pick_device(cfg.device, dist.local_rank)
     strategy = check_config(cfg, device.type, dist)
     _init_process_group(device, dist, strategy)
     torch.manual_seed(cfg.seed + dist.rank)
