@@ -140,6 +140,35 @@ class FrontEnd:
         return self.free_at
 
 
+class ArrivalLag:
+    """Requests that reach a busy engine wait `steps` more step boundaries before they may be scheduled (the
+    engine plans a step ahead); an idle engine takes them at once. Used by the live sim and the replay."""
+
+    def __init__(self, steps: int):
+        self._held: list[list[SimRequest]] = [[] for _ in range(steps)]
+
+    def boundary(self, scheduler: ContinuousBatchScheduler) -> None:
+        """A step boundary: the requests whose wait is over join the scheduler."""
+        if self._held:
+            for request in self._held.pop(0):
+                scheduler.add(request)
+            self._held.append([])
+
+    def arrive(self, scheduler: ContinuousBatchScheduler, request: SimRequest) -> None:
+        if self._held and scheduler.has_work:
+            self._held[-1].append(request)
+        else:
+            scheduler.add(request)
+
+    def drop(self, rid: str) -> None:
+        for held in self._held:
+            held[:] = [r for r in held if r.rid != rid]
+
+    @property
+    def waiting(self) -> bool:
+        return any(self._held)
+
+
 class SimEngine:
     """Owns the scheduler in a dedicated thread; the event loop talks to it through an inbox."""
 
@@ -239,25 +268,18 @@ class SimEngine:
     def _run(self) -> None:
         cfg = self.config
         due = time.perf_counter()
-        # requests that arrived while a step ran, by the step boundary at which they may be scheduled
-        lagging: list[list[SimRequest]] = [[] for _ in range(cfg.cost.scheduling_lag_steps)]
+        lag = ArrivalLag(cfg.cost.scheduling_lag_steps)
         while not self._stop.is_set():
-            if lagging:
-                for request in lagging.pop(0):
-                    self.scheduler.add(request)
-                lagging.append([])
+            lag.boundary(self.scheduler)
             while self._inbox:
                 op, arg = self._inbox.popleft()
-                if op == "add" and lagging and self.scheduler.has_work:
-                    lagging[-1].append(arg)  # type: ignore[arg-type]
-                elif op == "add":
-                    self.scheduler.add(arg)  # type: ignore[arg-type]
+                if op == "add":
+                    lag.arrive(self.scheduler, arg)  # type: ignore[arg-type]
                 else:
                     self.scheduler.abort(arg)  # type: ignore[arg-type]
-                    for held in lagging:
-                        held[:] = [r for r in held if r.rid != arg]
+                    lag.drop(arg)  # type: ignore[arg-type]
             if not self.scheduler.has_work:
-                if any(lagging):
+                if lag.waiting:
                     continue
                 self._wake.wait(0.05)
                 self._wake.clear()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.sim import FrontEnd, SimConfig
+from backends.sim import ArrivalLag, FrontEnd, SimConfig
 from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest
 from backends.roofline import memory_plan
 
@@ -56,7 +56,7 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
             heapq.heappush(arrivals, (0.0, i))
     frontend = FrontEnd(cost.frontend_token_s)
     at_engine: list[tuple[float, int]] = []  # (time it reaches the engine, index)
-    lagging: list[list[int]] = [[] for _ in range(cost.scheduling_lag_steps)]  # arrived while busy, by boundary
+    lag = ArrivalLag(cost.scheduling_lag_steps)
     next_index = len(sent)
     first: dict[int, float] = {}
     scheduled_at: dict[int, float] = {}
@@ -70,18 +70,12 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
 
     while len(done) < num_requests:
         intake(now)
-        if lagging:
-            for i in lagging.pop(0):
-                sched.add(SimRequest(str(i), input_len, output_len))
-            lagging.append([])
+        lag.boundary(sched)
         while at_engine and at_engine[0][0] <= now:
             _, i = heapq.heappop(at_engine)
-            if lagging and sched.has_work:
-                lagging[-1].append(i)
-            else:
-                sched.add(SimRequest(str(i), input_len, output_len))
+            lag.arrive(sched, SimRequest(str(i), input_len, output_len))
         if not sched.has_work:
-            if any(lagging):
+            if lag.waiting:
                 continue
             now = max(now, min(x[0][0] for x in (at_engine, arrivals) if x))
             continue

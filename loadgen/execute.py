@@ -54,6 +54,7 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     slo = parse_slo(opts.slo) if opts.slo else None
     protocol = protocol_for(endpoint.protocol_name, opts.ignore_eos, endpoint.info.get("name"))
     target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
+    workers = choose_workers(opts.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
     run_info: dict = {
         "status": "running",
         "started_at": utc_now(),
@@ -67,7 +68,7 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
         "path": protocol.path_for(endpoint.model),
         "ignore_eos": protocol.ignore_eos,
         "workload": workload.describe(),
-        "load": load_description(plan),
+        "load": {**load_description(plan), "workers": workers},
         "slo_ms": slo,
         "api_key_given": bool(headers),
     }
@@ -86,9 +87,6 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
             writer.write(record)
             progress.update(1)
 
-        workers = choose_workers(opts.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
-        run_info["load"]["workers"] = workers
-        write_json(run_dir / "run.json", run_info)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         load_task = asyncio.create_task(
             run_load_in_workers(target, workload, plan, on_record, workers, opts.tokenizer) if workers > 1

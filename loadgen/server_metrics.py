@@ -45,6 +45,11 @@ def _series(values: dict[str, float], name: str) -> list[float]:
     return [v for k, v in values.items() if k == name or k.startswith(name + "{")]
 
 
+def _delta(first: dict[str, float], last: dict[str, float], name: str) -> float:
+    """How much a counter (all its label sets together) grew between two scrapes."""
+    return sum(_series(last, name)) - sum(_series(first, name))
+
+
 def _bucket(values: dict[str, float], name: str) -> dict[float, float]:
     out: dict[float, float] = {}
     for key, v in values.items():
@@ -96,16 +101,16 @@ def summarize_server_metrics(rows: list[dict]) -> dict | None:
                 break
     first, last = rows[0]["values"], rows[-1]["values"]
     for queries, hits in PREFIX_CACHE_COUNTERS:
-        asked = sum(_series(last, queries)) - sum(_series(first, queries))
+        asked = _delta(first, last, queries)
         if asked > 0:
-            found = sum(_series(last, hits)) - sum(_series(first, hits))
+            found = _delta(first, last, hits)
             out["prefix_cache"] = {"queried_tokens": asked, "hit_tokens": found, "hit_rate": found / asked,
                                    "metric": hits}
             break
     for name in TTFT_HISTOGRAMS:
-        count = sum(_series(last, name + "_count")) - sum(_series(first, name + "_count"))
+        count = _delta(first, last, name + "_count")
         if count > 0:
-            total = sum(_series(last, name + "_sum")) - sum(_series(first, name + "_sum"))
+            total = _delta(first, last, name + "_sum")
             b1, b0 = _bucket(last, name), _bucket(first, name)
             delta = {b: b1[b] - b0.get(b, 0.0) for b in b1}
             out["server_ttft_ms"] = {
@@ -117,9 +122,9 @@ def summarize_server_metrics(rows: list[dict]) -> dict | None:
             break
     phases = {}
     for label, name in REQUEST_PHASE_HISTOGRAMS.items():
-        count = sum(_series(last, name + "_count")) - sum(_series(first, name + "_count"))
+        count = _delta(first, last, name + "_count")
         if count > 0:
-            phases[label] = (sum(_series(last, name + "_sum")) - sum(_series(first, name + "_sum"))) / count * 1e3
+            phases[label] = _delta(first, last, name + "_sum") / count * 1e3
     if phases:
         if "e2e" in phases and "inference" in phases:
             # arrival at the API server to the engine's first scheduling: tokenisation, input processing, the hop

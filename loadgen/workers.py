@@ -175,10 +175,8 @@ async def run_load_in_workers(target: Target, workload, plan: LoadPlan, on_recor
                                      users[w.index] or max(1, OPEN_LOOP_PREWARM // workers), buffers[w.index])))
         for w in started:
             message = await asyncio.wait_for(_read(w.reader), READY_TIMEOUT_S)
-            if message != ("ready",):
-                raise LoadgenError(f"client worker {w.index} failed to start"
-                                   + (f": {message[1]}" if isinstance(message, tuple) and message[0] == "failed"
-                                      else f" (exit code {w.process.poll()})"))
+            if message != ("ready",):  # it exited before it was ready; its own error is on stderr
+                raise LoadgenError(f"client worker {w.index} failed to start (exit code {w.process.poll()})")
         origin_ns = time.perf_counter_ns() + 5_000_000  # every worker has the origin before it arrives
         for w in started:
             w.send(("go", origin_ns))
