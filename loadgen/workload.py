@@ -133,8 +133,9 @@ class Workload:
                 prompt = history + message
                 turns.append(RequestSpec(index(), prompt, history_tokens + n_in, n_out,
                                          conversation=conversation if self.turns > 1 else None, turn=turn))
-                reply, n_reply = self.synthesizer.make(prompt_rng, n_out)
-                history, history_tokens = prompt + "\n" + reply + "\n", history_tokens + n_in + n_reply
+                if turn + 1 < self.turns:  # the reply is only ever read as the next turn's history
+                    reply, n_reply = self.synthesizer.make(prompt_rng, n_out)
+                    history, history_tokens = prompt + "\n" + reply + "\n", history_tokens + n_in + n_reply
             conversation += 1
             yield _link(turns)
 
