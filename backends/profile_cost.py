@@ -109,5 +109,7 @@ class Profile:
         kv_read = sum(w.context + 1 for w in work if w.new_tokens == 1)
         layer += (t["attention_prefill"](pairs) + t["attention_decode"](kv_read)) / tp
         compute = model.num_layers * layer + t["embedding"](tokens) + t["lm_head"](logits) / tp
-        roof = iteration_cost(model, gpu, tp, work, params)  # for the all-reduce term only
+        # The all-reduce term only. The step overhead stays the plain per-step cost: the profile's operators were
+        # timed launched one by one, so its tables already hold what a step off the CUDA graph pays.
+        roof = iteration_cost(model, gpu, tp, work, params)
         return IterationCost(roof.flops, roof.bytes_per_gpu, compute, 0.0, roof.comm_s, params.step_overhead_s)

@@ -36,9 +36,27 @@ class EngineCostParams:
     # costs it this long; a step's tokens reach the client once it has processed them, and a new request's intake
     # waits behind them. This is what makes TTFT grow with the token rate. 0 turns it off.
     frontend_token_s: float = 0.0
+    # Steps of at most this many tokens replay a captured CUDA graph; larger ones launch every kernel one by one
+    # (vLLM's default capture sizes end at min(2 x max_num_seqs, 512)). A 512-token prefill beside one decode is
+    # 513 tokens: off the graph.
+    cuda_graph_max_tokens: int = 512
+    # What a step off the graph costs on top, per decoder layer: the launches a graph would have replayed.
+    # Measured, not fitted: vLLM 0.22.0 on the H100 (Llama-2-7B, 32 layers) decoded at 6.9 ms per token with
+    # CUDA graphs and about 20 ms with --enforce-eager at 4 req/s (shared/GPU-NOTES.md): 13.1 ms / 32 layers.
+    # The token timestamps of results/h100-vllm-serving-*.json show the same cliff: a step carrying one
+    # 512-token prefill and one decode takes ~26 ms, a 512-token prefill alone ~11 ms, a decode step ~6 ms.
+    # 0 turns it off.
+    eager_layer_overhead_s: float = 0.41e-3
     # Latency of one small all-reduce between GPUs (NVLink, custom all-reduce kernels).
     allreduce_latency_s: float = 8e-6
     dtype_bytes: int = BF16_BYTES
+
+
+def step_overhead_s(model: ModelSpec, tokens: int, params: EngineCostParams) -> float:
+    """Fixed cost of one engine iteration of `tokens` tokens: the per-step cost, plus the kernel launches of a
+    step too large for a captured CUDA graph."""
+    eager = model.num_layers * params.eager_layer_overhead_s if tokens > params.cuda_graph_max_tokens else 0.0
+    return params.step_overhead_s + eager
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,7 @@ def iteration_cost(
         message = tokens * model.hidden_size * params.dtype_bytes
         per_allreduce = params.allreduce_latency_s + 2 * (tp - 1) / tp * message / gpu.interconnect_bandwidth
         comm_s = 2 * model.num_layers * per_allreduce
-    return IterationCost(flops, bytes_per_gpu, compute_s, memory_s, comm_s, params.step_overhead_s)
+    return IterationCost(flops, bytes_per_gpu, compute_s, memory_s, comm_s, step_overhead_s(model, tokens, params))
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,16 @@ class ReplayedRequest:
 
 
 def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int, qps: float | None = None,
-           concurrency: int | None = None, seed: int = 0) -> list[ReplayedRequest]:
-    """Poisson arrivals at `qps`, or a closed loop of `concurrency` users; fixed lengths.
+           concurrency: int | None = None, seed: int = 0,
+           send_times: list[float] | None = None) -> list[ReplayedRequest]:
+    """Poisson arrivals at `qps`, requests sent at `send_times` (a measured run's own schedule, so that the
+    prediction meets the same arrivals as the measurement), or a closed loop of `concurrency` users; fixed lengths.
 
     As in the live sim: a request passes the front end (FIFO, behind the tokens it is still streaming) and
     reaches the engine `request_overhead_s` later; a busy engine schedules it `scheduling_lag_steps` step
     boundaries later; a step's tokens reach the client once the front end has processed them."""
-    if (qps is None) == (concurrency is None):
-        raise ValueError("give qps or concurrency")
+    if sum(x is not None for x in (qps, concurrency, send_times)) != 1:
+        raise ValueError("give one of qps, concurrency, send_times")
     cost = config.cost
     plan = memory_plan(config.model, config.gpu, config.tp, config.gpu_memory_utilization)
     sched = ContinuousBatchScheduler(plan.kv_capacity_tokens, config.block_size, config.max_num_seqs,
@@ -44,7 +46,12 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
     rng = np.random.default_rng(seed)
     arrivals: list[tuple[float, int]] = []  # (sent, index)
     sent: dict[int, float] = {}
-    if qps is not None:
+    if send_times is not None:
+        num_requests = len(send_times)
+        for i, t in enumerate(sorted(send_times)):
+            sent[i] = t
+            heapq.heappush(arrivals, (t, i))
+    elif qps is not None:
         t = 0.0
         for i in range(num_requests):
             t += rng.exponential(1.0 / qps)

@@ -38,21 +38,29 @@ def measured_points(paths: list[str]) -> dict[tuple[str, float], dict]:
     runs: dict[tuple[str, float], list[dict]] = {}
     for path in paths:
         for p in json.loads((ROOT / path).read_text())["points"]:
-            s = (p.get("loadgen") or {}).get("summary")
-            if s:
-                runs.setdefault((p["kind"], float(p["value"])), []).append(s)
+            lg = p.get("loadgen") or {}
+            if lg.get("summary"):
+                runs.setdefault((p["kind"], float(p["value"])), []).append(lg)
     out = {}
-    for key, summaries in runs.items():
+    for key, lgs in runs.items():
+        summaries = [lg["summary"] for lg in lgs]
         out[key] = {
             "runs": len(summaries),
             "ttft_p50_ms": statistics.mean(s["ttft_ms"]["p50"] for s in summaries),
             "tpot_p50_ms": statistics.mean(s["tpot_ms"]["p50"] for s in summaries),
             "output_tok_s": statistics.mean(s["throughput"]["output_tokens_per_s"] for s in summaries),
+            # each run's own send times, where the benchmark kept them (open loops): the sim replays exactly
+            # these, so a median over a few dozen requests is compared with the sim's over the same arrivals
+            "schedules": [[row[0] for row in lg["requests"]] for lg in lgs if lg.get("requests")]
+            if key[0] == "poisson" else [],
         }
     return out
 
 
-def predict(config, kind: str, value: float, n: int = 2000) -> dict:
+def predict(config, kind: str, value: float, n: int = 2000, schedules: list[list[float]] | None = None) -> dict:
+    if kind == "poisson" and schedules:
+        per_run = [summarize_replay(replay(config, 512, 128, 0, send_times=times)) for times in schedules]
+        return {m: statistics.mean(r[m] for r in per_run) for m in per_run[0]}
     if kind == "poisson":
         return summarize_replay(replay(config, 512, 128, n, qps=value, seed=7))
     return summarize_replay(replay(config, 512, 128, max(n // 2, int(value) * 8), concurrency=int(value)))
@@ -73,9 +81,10 @@ def main() -> int:
     p.add_argument("--lag", type=int, default=None,
                    help="scheduling_lag_steps (structural, not fitted; default: the sim's own default)")
     p.add_argument("--fit-frontend", action="store_true", help="also fit the front end's time per streamed token")
+    p.add_argument("--measured", nargs="+", default=MEASURED, help="vllm_serving.py result files to compare with")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    measured = measured_points(MEASURED)
+    measured = measured_points(args.measured)
     kind, _, value = args.fit.partition(":")
     fit_key = (kind, float(value))
     target = measured[fit_key]
@@ -97,7 +106,8 @@ def main() -> int:
     def search(steps, requests, frontends):
         best = None
         for overhead_ms, request_ms, frontend_ms in itertools.product(steps, requests, frontends):
-            pred = predict(config_with(overhead_ms, request_ms, frontend_ms), *fit_key, n=300)
+            pred = predict(config_with(overhead_ms, request_ms, frontend_ms), *fit_key, n=300,
+                           schedules=target["schedules"])
             e = errors(pred, target, kind)
             loss = e["ttft_p50_ms"] ** 2 + e["tpot_p50_ms"] ** 2
             if best is None or loss < best[0]:
@@ -116,11 +126,13 @@ def main() -> int:
                                        "request_overhead_ms": base.cost.request_overhead_s * 1e3}, "points": []}
     for key in sorted(measured, key=lambda k: (k[0] != "poisson", k[1])):
         meas = measured[key]
-        pred = predict(fitted, *key)
-        default = predict(base, *key)
+        pred = predict(fitted, *key, schedules=meas["schedules"])
+        default = predict(base, *key, schedules=meas["schedules"])
         e = errors(pred, meas, key[0])
         scored = key not in SATURATED and key != fit_key
-        report["points"].append({"kind": key[0], "value": key[1], "measured": meas, "predicted": pred,
+        report["points"].append({"kind": key[0], "value": key[1],
+                                 "measured": {k: v for k, v in meas.items() if k != "schedules"},
+                                 "replayed_measured_schedules": len(meas["schedules"]), "predicted": pred,
                                  "predicted_before_fit": default, "error": e, "scored": scored,
                                  "role": "fit" if key == fit_key else ("saturated" if key in SATURATED else "predicted")})
         rows.append([f"{key[0]} {key[1]:g}", meas["runs"], f"{meas['ttft_p50_ms']:.1f}", f"{pred['ttft_p50_ms']:.1f}",

@@ -40,13 +40,17 @@ def parse_points(specs: list[str]) -> list[tuple[str, float]]:
     return points
 
 
-def requests_for(kind: str, value: float, seconds: float) -> int:
-    """Enough requests for about `seconds` of load (closed loop: ~4 rounds per stream), at least 20."""
-    return max(20, int(value * seconds) if kind == "poisson" else int(value * 4))
+def requests_for(kind: str, value: float, seconds: float, rounds: int = 4) -> int:
+    """Enough requests for about `seconds` of load (closed loop: `rounds` per stream), at least 20."""
+    return max(20, int(value * seconds) if kind == "poisson" else int(value * rounds))
 
 
-def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, out: Path, env, seed: int) -> dict:
+def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, out: Path, env, seed: int,
+                  trace: Path | None = None) -> dict:
+    """trace: replay these send times (vLLM's client's, for a paired comparison) instead of drawing a schedule."""
     load = ["--qps", str(value)] if kind == "poisson" else ["--concurrency", str(int(value))]
+    if trace is not None:
+        load = ["--dataset", str(trace), "--dataset-format", "burstgpt", "--arrival", "trace", "--time-scale", "1"]
     cmd = [sys.executable, "-m", "loadgen", "run", "--backend", "vllm", "--url", url, "--model", model,
            "--tokenizer", model, "--input-len", args.input_len, "--output-len", args.output_len,
            *load, "--num-requests", str(n), "--seed", str(seed), "--scrape-interval", "1s", "--output", str(out), "--quiet"]
@@ -55,8 +59,20 @@ def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, o
     result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
     if (out / "summary.json").exists():
         result["summary"] = json.loads((out / "summary.json").read_text())
-        result["ttfts_ms"] = [(r["first_token_s"] - r["sent_s"]) * 1e3 for line in (out / "requests.jsonl").open()
-                              if (r := json.loads(line))["phase"] == "measured" and r["status"] == "ok"]
+        measured = [r for line in (out / "requests.jsonl").open()
+                    if (r := json.loads(line))["phase"] == "measured" and r["status"] == "ok"]
+        result["ttfts_ms"] = [(r["first_token_s"] - r["sent_s"]) * 1e3 for r in measured]
+        # the run's own schedule and what each request saw, small enough to keep in the JSON: the sim replays
+        # exactly these send times (benchmarks/sim_validation.py), so its medians compare with this run's
+        result["requests"] = [[round(r["sent_s"], 5), round((r["first_token_s"] - r["sent_s"]) * 1e3, 3),
+                               round((r["finished_s"] - r["first_token_s"]) * 1e3 / (r["output_tokens"] - 1), 4)
+                               if r["output_tokens"] > 1 else None] for r in measured]
+        result["requests_fields"] = ["sent_s", "ttft_ms", "tpot_ms"]
+        # vLLM's client starts its clock before aiohttp builds and writes the request; loadgen's starts when
+        # the body reaches the socket. From the scheduled send time, loadgen's TTFT includes that client work
+        # too (and its own lateness): the like-for-like figure for the comparison, open loops only.
+        if measured and all(r["scheduled_s"] is not None for r in measured):
+            result["ttfts_from_scheduled_ms"] = [(r["first_token_s"] - r["scheduled_s"]) * 1e3 for r in measured]
     else:
         result["stderr"] = proc.stderr[-2000:]
     return result
@@ -98,6 +114,16 @@ def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args
     return result
 
 
+def write_trace(bench_json: Path, out: Path) -> int:
+    """vLLM's client's actual send times and lengths as a BurstGPT-style CSV trace, for loadgen to replay."""
+    data = json.loads(bench_json.read_text())
+    rows = sorted(zip(data["start_times"], data["input_lens"], data["output_lens"]))
+    t0 = rows[0][0]
+    out.write_text("Timestamp,Request tokens,Response tokens\n" + "".join(
+        f"{t - t0:.6f},{n_in},{n_out}\n" for t, n_in, n_out in rows))
+    return len(rows)
+
+
 def medians(point: dict) -> dict:
     """Side by side: loadgen's and vLLM's client, median ms and output tok/s."""
     row: dict = {}
@@ -110,6 +136,10 @@ def medians(point: dict) -> dict:
         row[f"server_ttft_mean_ms_during_{who}"] = ((sm or {}).get("server_ttft_ms") or {}).get("mean")
     for who, sm in (("loadgen", s.get("server_metrics")), ("vllm", (point.get("vllm_bench") or {}).get("server_metrics"))):
         row[f"server_phases_ms_during_{who}"] = (sm or {}).get("request_phases_mean_ms")
+    from statistics import median
+
+    from_scheduled = (point.get("loadgen") or {}).get("ttfts_from_scheduled_ms")
+    row["loadgen_ttft_from_scheduled_p50_ms"] = median(from_scheduled) if from_scheduled else None
     row["loadgen_ttft_mean_ms"] = (s.get("ttft_ms") or {}).get("mean")
     row["vllm_ttft_mean_ms"] = v.get("mean_ttft_ms")
     row["loadgen_output_tok_s"] = (s.get("throughput") or {}).get("output_tokens_per_s")
@@ -145,6 +175,10 @@ def main() -> int:
     p.add_argument("--points", nargs="+", default=["poisson:1,2,4,8,16,32", "closed:1,8,32,128"])
     p.add_argument("--seconds", type=float, default=15.0, help="load per Poisson point (default 15 s)")
     p.add_argument("--repeats", type=int, default=1, help="runs per point and client, alternating who goes first")
+    p.add_argument("--paired", action="store_true",
+                   help="Poisson points: vLLM's client first, then loadgen replays its exact send times and lengths "
+                        "(a trace), so both clients measure the same load")
+    p.add_argument("--rounds", type=int, default=4, help="closed loops: requests per user (default 4)")
     p.add_argument("--seed", type=int, default=100, help="first of the seeds; each run gets its own (default 100)")
     p.add_argument("--input-len", default="512")
     p.add_argument("--output-len", default="128")
@@ -153,6 +187,11 @@ def main() -> int:
     p.add_argument("--point-timeout", type=float, default=240.0)
     p.add_argument("--extra-loadgen", action="append", default=[],
                    help="NAME=ARGS: an extra loadgen-only point, e.g. 'chat=--scenario chat --qps 4 --num-requests 60'")
+    p.add_argument("--url", help="measure a server that is already running (started by hand or by an earlier "
+                                  "--serve-detached); it is left running")
+    p.add_argument("--serve-detached", action="store_true",
+                   help="start the server in its own session, print its URL, and exit leaving it running (so one "
+                        "server can serve several invocations on a machine that limits a command's time)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -178,24 +217,45 @@ def main() -> int:
         report["gpu"] = None
     report_path = out / "vllm-serving.json"
 
-    server, url, report["server"] = start_server(args, model, out, extra)
+    if args.serve_detached:
+        _, url, info = start_server(args, model, out, extra)  # a new session: it outlives this process
+        (out / "server.json").write_text(json.dumps({"url": url, **info}, indent=1))
+        print(url)
+        return 0
+    if args.url:
+        server, url = None, args.url.rstrip("/")
+        started = out / "server.json"
+        report["server"] = json.loads(started.read_text()) if started.exists() else {"url": url, "started_by": "hand"}
+    else:
+        server, url, report["server"] = start_server(args, model, out, extra)
     try:
         # warm-up: the first requests after start compile and capture; neither client should pay for that
-        loadgen_point(url, model, "closed", 8, 32, args, out / "warmup", env, seed=args.seed)
+        if not (out / "warmup").exists():
+            loadgen_point(url, model, "closed", 8, 32, args, out / "warmup", env, seed=args.seed)
         # Every run gets prompts no run sent before: vLLM's prefix cache keeps earlier prompts, and a repeated
         # prompt would measure the cache instead of prefill (the first version of this benchmark did exactly that).
         runs = 0
         for kind, value in parse_points(args.points):
-            n = requests_for(kind, value, args.seconds)
+            n = requests_for(kind, value, args.seconds, args.rounds)
             tag = f"{kind}-{value:g}"
             for rep in range(args.repeats):
                 # alternate who goes first, so a drift of the server over time does not favour one client
-                order = ("loadgen", "vllm_bench") if rep % 2 == 0 else ("vllm_bench", "loadgen")
-                point = {"kind": kind, "value": value, "requests": n, "repeat": rep, "order": list(order)}
+                paired = args.paired and kind == "poisson"
+                order = ("loadgen", "vllm_bench") if rep % 2 == 0 and not paired else ("vllm_bench", "loadgen")
+                point = {"kind": kind, "value": value, "requests": n, "repeat": rep, "order": list(order),
+                         "paired": paired}
+                trace = None
                 for who in order:
                     runs += 1
-                    run = (loadgen_point if who == "loadgen" else vllm_bench_point)(
-                        url, model, kind, value, n, args, out / f"{tag}-r{rep}-{who}", env, seed=args.seed + runs)
+                    run_dir = out / f"{tag}-r{rep}-{who}"
+                    if who == "loadgen":
+                        run = loadgen_point(url, model, kind, value, n, args, run_dir, env, seed=args.seed + runs,
+                                            trace=trace)
+                    else:
+                        run = vllm_bench_point(url, model, kind, value, n, args, run_dir, env, seed=args.seed + runs)
+                        if paired and (run_dir / "vllm-bench.json").exists():
+                            trace = run_dir / "send-times.csv"
+                            write_trace(run_dir / "vllm-bench.json", trace)
                     point[who] = run
                 point["medians"] = medians(point)
                 report["points"].append(point)
@@ -218,7 +278,8 @@ def main() -> int:
                                                    "summary": json.loads(summary.read_text()) if summary.exists() else None})
             report_path.write_text(json.dumps(report, indent=1))
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
     from statistics import median
 
@@ -229,18 +290,24 @@ def main() -> int:
         key = f"{pt['kind']} {pt['value']:g}"
         for who in ("loadgen", "vllm_bench"):
             pooled.setdefault(key, {}).setdefault(who, []).extend((pt.get(who) or {}).get("ttfts_ms") or [])
+        pooled[key].setdefault("loadgen_from_scheduled", []).extend(
+            (pt.get("loadgen") or {}).get("ttfts_from_scheduled_ms") or [])
     report["pooled_ttft_median_ms"] = {
         key: {"loadgen": median(v["loadgen"]) if v["loadgen"] else None, "loadgen_n": len(v["loadgen"]),
-              "vllm_bench": median(v["vllm_bench"]) if v["vllm_bench"] else None, "vllm_bench_n": len(v["vllm_bench"])}
+              "vllm_bench": median(v["vllm_bench"]) if v["vllm_bench"] else None, "vllm_bench_n": len(v["vllm_bench"]),
+              "loadgen_from_scheduled": median(v["loadgen_from_scheduled"]) if v["loadgen_from_scheduled"] else None}
         for key, v in pooled.items()}
     for pt in report["points"]:
         for who in ("loadgen", "vllm_bench"):
-            (pt.get(who) or {}).pop("ttfts_ms", None)  # on disk in the run directories; the JSON keeps the medians
+            (pt.get(who) or {}).pop("ttfts_ms", None)
+            (pt.get(who) or {}).pop("ttfts_from_scheduled_ms", None)  # on disk in the run directories; the JSON keeps the medians
     report_path.write_text(json.dumps(report, indent=1))
     for key, v in report["pooled_ttft_median_ms"].items():
         if v["loadgen"] and v["vllm_bench"]:
             print(f"pooled TTFT median {key}: loadgen {v['loadgen']:.2f} (n={v['loadgen_n']}) vs vLLM's client "
-                  f"{v['vllm_bench']:.2f} (n={v['vllm_bench_n']}): {v['vllm_bench'] / v['loadgen'] - 1:+.1%}")
+                  f"{v['vllm_bench']:.2f} (n={v['vllm_bench_n']}): {v['vllm_bench'] / v['loadgen'] - 1:+.1%}"
+                  + (f"; loadgen from the scheduled send {v['loadgen_from_scheduled']:.2f}: "
+                     f"{v['vllm_bench'] / v['loadgen_from_scheduled'] - 1:+.1%}" if v["loadgen_from_scheduled"] else ""))
 
     rows = []
     for pt in report["points"]:

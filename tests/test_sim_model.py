@@ -156,3 +156,34 @@ def test_scheduling_lag_costs_a_busy_arrival_about_one_step():
     assert 0.5 * step < busy[1] - busy[0] < 1.5 * step
     lone = [replay(c, 512, 8, 1, qps=0.001)[0].ttft_s for c in cfgs]
     assert lone[0] == pytest.approx(lone[1])
+
+
+def test_step_over_the_cuda_graph_size_pays_the_eager_launches():
+    """A 512-token prefill fits vLLM's largest captured graph; with one decode beside it (513 tokens) it runs
+    off the graph and pays num_layers x eager_layer_overhead_s on top (by hand: 32 x 0.41 ms = 13.12 ms)."""
+    from backends.roofline import EngineCostParams, iteration_cost, step_overhead_s
+    from scenarios.catalog import get_gpu, get_model
+
+    m, g, p = get_model("7b"), get_gpu("h100"), EngineCostParams()
+    assert step_overhead_s(m, 512, p) == pytest.approx(p.step_overhead_s)
+    assert step_overhead_s(m, 513, p) == pytest.approx(p.step_overhead_s + 32 * 0.41e-3)
+    alone = iteration_cost(m, g, 1, [SeqWork(512, 0, True)], p)
+    mixed = iteration_cost(m, g, 1, [SeqWork(512, 0, True), SeqWork(1, 600, True)], p)
+    assert mixed.overhead_s - alone.overhead_s == pytest.approx(13.12e-3)
+    off = EngineCostParams(eager_layer_overhead_s=0.0)
+    assert step_overhead_s(m, 4096, off) == off.step_overhead_s
+    assert step_overhead_s(get_model("70b"), 513, p) == pytest.approx(p.step_overhead_s + 80 * 0.41e-3)
+
+
+def test_replay_of_a_given_schedule_sends_exactly_then():
+    from backends.sim import build_config
+    from backends.sim_replay import replay
+
+    cfg = build_config("7b", "h100", 1)
+    times = [0.0, 5.0, 2.5]  # far apart: each request meets an idle engine
+    done = sorted(replay(cfg, 512, 8, 0, send_times=times), key=lambda r: r.arrival_s)
+    assert [r.arrival_s for r in done] == [0.0, 2.5, 5.0]
+    lone = replay(cfg, 512, 8, 1, qps=0.001)[0].ttft_s
+    assert all(r.ttft_s == pytest.approx(lone) for r in done)
+    with pytest.raises(ValueError):
+        replay(cfg, 512, 8, 3, qps=1.0, send_times=times)
