@@ -20,12 +20,13 @@ class EngineCostParams:
     # Fraction of datasheet dense bf16 peak that large serving GEMMs achieve (8192^3 GEMM: ~0.79 on H100).
     compute_efficiency: float = 0.7
     # Fixed cost per engine iteration: scheduling, sampling, kernel launches with CUDA graphs. Fitted, with
-    # request_overhead_s, to vLLM 0.22.0 on an H100 (Llama-2-7B shape, 512 in / 128 out, Poisson 1 req/s) by
-    # benchmarks/sim_validation.py; results/h100-sim-validation.json has the other points' prediction errors.
-    step_overhead_s: float = 1.6e-3
+    # request_overhead_s, to vLLM 0.22.0 on an H100 (Llama-2-7B shape, 512 in / 128 out) on its closed loop of
+    # one user, where TPOT is one decode step and TTFT one lone prefill plus this latency
+    # (benchmarks/sim_validation.py; results/h100-sim-validation-paired.json has every other point's error).
+    step_overhead_s: float = 1.7e-3
     # Latency from a request's arrival to its first chance of being scheduled (HTTP, tokenization, the engine's
-    # input and output hops); fitted as above (vLLM's own TTFT histogram shows ~15 ms of it for a lone request).
-    request_overhead_s: float = 15e-3
+    # input and output hops); fitted as above.
+    request_overhead_s: float = 10e-3
     # The engine plans step k+1 while step k runs (vLLM's scheduler works one step ahead), so a request that
     # arrives while the engine is busy is first scheduled this many steps after the next step boundary; an idle
     # engine takes it at once. 0 turns it off. Structural, not fitted: vLLM's per-request phases show the

@@ -1,15 +1,16 @@
 """The simulated engine against vLLM measured on the H100: fit documented constants on one load point, predict
 every other point, print the errors, write JSON.
 
-    python benchmarks/sim_validation.py --fit poisson:1 --out results/h100-sim-validation-all-runs.json
+    python benchmarks/sim_validation.py --out results/h100-sim-validation-paired.json
     python benchmarks/sim_validation.py --fit poisson:8 --fit-frontend --lag 1 --out results/h100-sim-validation-frontend.json
 
-Measured values are loadgen's medians from results/h100-vllm-serving-*.json (points measured more than once are
-averaged: run-to-run variation of the real server is itself ~10-20% on TTFT at low load). Predictions come from
-the sim replayed in virtual time (backends/sim_replay.py: the live sim's scheduler, step costs and front end)
-with 2,000 requests. Saturated points (offered load above capacity) are shown but not scored. The default fit is
-the sim's default model (step overhead, request overhead); `--lag 1 --fit-frontend` fits the alternative with
-vLLM's one-step-ahead scheduling and a front end that costs time per streamed token.
+Measured values are loadgen's medians from the vllm_serving.py result files (points measured more than once are
+averaged). Predictions come from the sim replayed in virtual time (backends/sim_replay.py: the live sim's
+scheduler, step costs and front end): a Poisson point replays each measured run's own send times (a median over a
+few dozen requests depends on which of them met a busy engine), a closed loop 1,000 requests or more with every
+user starting at once. Saturated points are shown but not scored. The default fit is the sim's default model (step
+overhead, request overhead; the CUDA-graph cliff is measured, not fitted); `--lag 1 --fit-frontend` fits the
+alternative with vLLM's one-step-ahead scheduling and a front end that costs time per streamed token.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 from backends.sim import build_config  # noqa: E402
 from backends.sim_replay import replay, summarize_replay  # noqa: E402
 
-MEASURED = ["results/h100-vllm-serving-poisson.json", "results/h100-vllm-serving-closed.json",
-            "results/h100-vllm-serving-ttft-check.json", "results/h100-vllm-serving-phases.json",
-            "results/h100-vllm-serving-low-load.json"]
+# The paired runs (third session): loadgen replayed vLLM's client's send times, closed loops start every user at
+# once (earlier closed-loop runs made each prompt in the load path and so staggered the users' starts), and every
+# loadgen run keeps its own send times for the replay. Earlier files: pass them with --measured.
+MEASURED = ["results/h100-vllm-serving-paired-a.json", "results/h100-vllm-serving-paired-b.json"]
 SATURATED = {("poisson", 32.0), ("closed", 128.0)}  # vLLM's unthrottled capacity is ~30 req/s here
 
 
@@ -75,7 +77,9 @@ def errors(pred: dict, meas: dict, kind: str) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fit", default="closed:8", help="the one point the constants are fitted on (default closed:8)")
+    p.add_argument("--fit", default="closed:1", help="the one point the constants are fitted on (default closed:1: one "
+                                                      "request at a time, so TPOT is the decode step and TTFT the "
+                                                      "per-request latency plus a lone prefill)")
     p.add_argument("--profile", help="drive the sim with a measured profile (training_bench micro profile) instead "
                                       "of the roofline")
     p.add_argument("--lag", type=int, default=None,

@@ -178,6 +178,9 @@ def main() -> int:
     p.add_argument("--paired", action="store_true",
                    help="Poisson points: vLLM's client first, then loadgen replays its exact send times and lengths "
                         "(a trace), so both clients measure the same load")
+    p.add_argument("--replays", type=int, default=1,
+                   help="with --paired: loadgen runs on vLLM's client's send times this many times (each with fresh "
+                        "prompts): how much the same client's TTFT median moves under the same load")
     p.add_argument("--rounds", type=int, default=4, help="closed loops: requests per user (default 4)")
     p.add_argument("--seed", type=int, default=100, help="first of the seeds; each run gets its own (default 100)")
     p.add_argument("--input-len", default="512")
@@ -257,6 +260,20 @@ def main() -> int:
                             trace = run_dir / "send-times.csv"
                             write_trace(run_dir / "vllm-bench.json", trace)
                     point[who] = run
+                if paired and trace is not None and args.replays > 1:
+                    again = []
+                    for k in range(1, args.replays):
+                        runs += 1
+                        extra = loadgen_point(url, model, kind, value, n, args, out / f"{tag}-r{rep}-loadgen-replay{k}",
+                                              env, seed=args.seed + runs, trace=trace)
+                        es = extra.get("summary") or {}
+                        again.append({"ttft_p50_ms": (es.get("ttft_ms") or {}).get("p50"),
+                                      "ttft_mean_ms": (es.get("ttft_ms") or {}).get("mean"),
+                                      "tpot_p50_ms": (es.get("tpot_ms") or {}).get("p50"),
+                                      "server_ttft_mean_ms": ((es.get("server_metrics") or {}).get("server_ttft_ms")
+                                                              or {}).get("mean"),
+                                      "requests": extra.get("requests")})
+                    point["loadgen_replays"] = again
                 point["medians"] = medians(point)
                 report["points"].append(point)
                 report_path.write_text(json.dumps(report, indent=1))
