@@ -85,14 +85,22 @@ def main() -> int:
     p.add_argument("--lag", type=int, default=None,
                    help="scheduling_lag_steps (structural, not fitted; default: the sim's own default)")
     p.add_argument("--fit-frontend", action="store_true", help="also fit the front end's time per streamed token")
+    p.add_argument("--no-fit", action="store_true",
+                   help="fit nothing: predict every point with the sim's default constants (an out-of-sample check)")
+    p.add_argument("--graph-max-tokens", type=int, default=None,
+                   help="the engine's largest CUDA graph in tokens (cuda_graph_max_tokens; vLLM's default 512), for "
+                        "runs made with a larger max_cudagraph_capture_size")
     p.add_argument("--measured", nargs="+", default=MEASURED, help="vllm_serving.py result files to compare with")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     measured = measured_points(args.measured)
     kind, _, value = args.fit.partition(":")
-    fit_key = (kind, float(value))
-    target = measured[fit_key]
+    fit_key = None if args.no_fit else (kind, float(value))
+    target = measured[fit_key] if fit_key else None
     base = build_config("7b", "h100", 1, profile=args.profile)
+    if args.graph_max_tokens is not None:
+        base = replace(base, cost=replace(base.cost, cuda_graph_max_tokens=args.graph_max_tokens))
+    defaults = base.cost
     if args.lag is None:
         args.lag = base.cost.scheduling_lag_steps
     # fit from zero, so the fitted values do not depend on the defaults they became
@@ -118,13 +126,18 @@ def main() -> int:
                 best = (loss, overhead_ms, request_ms, frontend_ms)
         return best
 
-    frontends = [x / 20 for x in range(0, 11)] if args.fit_frontend else [0.0]
-    _, o, r, f = search([x / 5 for x in range(0, 16)], [float(x) for x in range(0, 31, 2)], frontends)
-    _, overhead_ms, request_ms, frontend_ms = search(
-        [max(0.0, round(o + d / 10, 2)) for d in (-1, 0, 1)], [max(0.0, r + d) for d in (-1, 0, 1)],
-        sorted({max(0.0, round(f + d / 40, 3)) for d in (-1, 0, 1)}) if args.fit_frontend else [0.0])
+    if fit_key is None:
+        overhead_ms, request_ms = defaults.step_overhead_s * 1e3, defaults.request_overhead_s * 1e3
+        frontend_ms = defaults.frontend_token_s * 1e3
+    else:
+        frontends = [x / 20 for x in range(0, 11)] if args.fit_frontend else [0.0]
+        _, o, r, f = search([x / 5 for x in range(0, 16)], [float(x) for x in range(0, 31, 2)], frontends)
+        _, overhead_ms, request_ms, frontend_ms = search(
+            [max(0.0, round(o + d / 10, 2)) for d in (-1, 0, 1)], [max(0.0, r + d) for d in (-1, 0, 1)],
+            sorted({max(0.0, round(f + d / 40, 3)) for d in (-1, 0, 1)}) if args.fit_frontend else [0.0])
     fitted = config_with(overhead_ms, request_ms, frontend_ms)
-    rows, report = [], {"cost_model": base.cost_model, "fit_point": args.fit, "fitted": {"step_overhead_ms": overhead_ms, "request_overhead_ms": request_ms,
+    rows, report = [], {"cost_model": base.cost_model, "fit_point": None if fit_key is None else args.fit,
+                        "cuda_graph_max_tokens": base.cost.cuda_graph_max_tokens, "fitted": {"step_overhead_ms": overhead_ms, "request_overhead_ms": request_ms,
                                                                                         "frontend_token_ms": frontend_ms, "scheduling_lag_steps": args.lag},
                         "before_fit": {"step_overhead_ms": base.cost.step_overhead_s * 1e3,
                                        "request_overhead_ms": base.cost.request_overhead_s * 1e3}, "points": []}
@@ -151,7 +164,7 @@ def main() -> int:
                                for m in ("ttft_p50_ms", "tpot_p50_ms", "output_tok_s")}
     from tabulate import tabulate
 
-    print(f"fitted on {args.fit}: step overhead {overhead_ms:.1f} ms, request overhead {request_ms:.0f} ms, front end "
+    print(f"{'fitted on ' + args.fit if fit_key else 'no fit, the defaults'}: step overhead {overhead_ms:.1f} ms, request overhead {request_ms:.0f} ms, front end "
           f"{frontend_ms:.3f} ms per token, scheduling lag {args.lag} step(s) "
           f"(before the fit {base.cost.step_overhead_s * 1e3:.1f} ms, {base.cost.request_overhead_s * 1e3:.0f} ms)")
     print(tabulate(rows, headers=["point", "runs", "TTFT meas", "TTFT sim", "err", "TPOT meas", "TPOT sim", "err",
