@@ -45,8 +45,9 @@ class EngineCostParams:
     # Measured, not fitted: vLLM 0.22.0 on the H100 (Llama-2-7B, 32 layers) decoded at 6.9 ms per token with
     # CUDA graphs and about 20 ms with --enforce-eager at 4 req/s (shared/GPU-NOTES.md): 13.1 ms / 32 layers.
     # The token timestamps of results/h100-vllm-serving-*.json show the same cliff: a step carrying one
-    # 512-token prefill and one decode takes ~26 ms, a 512-token prefill alone ~11 ms, a decode step ~6 ms.
-    # 0 turns it off.
+    # 512-token prefill and one decode takes 20-26 ms, a 512-token prefill alone ~11 ms, a decode step ~6 ms;
+    # with graphs captured up to 1,024 tokens that step took ~11 ms and vLLM's TTFT under load fell 15-25%
+    # (results/h100-vllm-serving-graph1024.json). 0 turns it off.
     eager_layer_overhead_s: float = 0.41e-3
     # Latency of one small all-reduce between GPUs (NVLink, custom all-reduce kernels).
     allreduce_latency_s: float = 8e-6
