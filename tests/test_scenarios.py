@@ -127,7 +127,7 @@ def test_find_max_rate_brackets_a_threshold():
 @pytest.mark.slow
 def test_sweep_points_and_until_slo_against_a_fine_sweep(tmp_path, start_sim):
     """One sim without batching (max 1 sequence) serves a 64-in/8-out request in ~48 ms (about 21 req/s at most);
-    with its 15 ms request overhead, TTFT <= 100 ms for 90% of requests holds up to about 12-16 req/s."""
+    with its 10 ms request overhead, TTFT <= 100 ms for 90% of requests holds up to about 12-16 req/s."""
     sim = start_sim("--model", "7b", "--max-num-seqs", "1")
     common = ["--url", sim.url, "--num-requests", "60", "--input-len", "64", "--output-len", "8", "--quiet"]
     grid = list(range(6, 19, 1))
