@@ -146,17 +146,17 @@ def main() -> int:
         pred = predict(fitted, *key, schedules=meas["schedules"])
         default = predict(base, *key, schedules=meas["schedules"])
         e = errors(pred, meas, key[0])
-        scored = key not in SATURATED and key != fit_key
+        role = "fit" if key == fit_key else ("saturated" if key in SATURATED else "predicted")
         report["points"].append({"kind": key[0], "value": key[1],
                                  "measured": {k: v for k, v in meas.items() if k != "schedules"},
                                  "replayed_measured_schedules": len(meas["schedules"]), "predicted": pred,
-                                 "predicted_before_fit": default, "error": e, "scored": scored,
-                                 "role": "fit" if key == fit_key else ("saturated" if key in SATURATED else "predicted")})
+                                 "predicted_before_fit": default, "error": e, "scored": role == "predicted",
+                                 "role": role})
         rows.append([f"{key[0]} {key[1]:g}", meas["runs"], f"{meas['ttft_p50_ms']:.1f}", f"{pred['ttft_p50_ms']:.1f}",
                      f"{e['ttft_p50_ms']:+.0%}", f"{meas['tpot_p50_ms']:.2f}", f"{pred['tpot_p50_ms']:.2f}",
                      f"{e['tpot_p50_ms']:+.0%}", f"{meas['output_tok_s']:.0f}", f"{pred['output_tok_s']:.0f}",
                      f"{e['output_tok_s']:+.0%}" if "output_tok_s" in e else "(offered)",
-                     "fit" if key == fit_key else ("saturated" if key in SATURATED else "")])
+                     "" if role == "predicted" else role])
     scored = [pt for pt in report["points"] if pt["scored"]]
     report["median_abs_error"] = {m: statistics.median(abs(pt["error"][m]) for pt in scored if m in pt["error"])
                                   for m in ("ttft_p50_ms", "tpot_p50_ms", "output_tok_s")}

@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 from backends.launch_spec import LaunchRequest  # noqa: E402
 from backends.process import ServerProcess, find_free_port  # noqa: E402
 from backends.vllm import bench_serve_argv, launch  # noqa: E402
+from loadgen.metrics import tpot_ms, ttft_ms  # noqa: E402
+from loadgen.records import read_records  # noqa: E402
 from loadgen.server_metrics import read_server_metrics, scraper_argv, summarize_server_metrics  # noqa: E402
 
 
@@ -59,20 +61,18 @@ def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, o
     result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
     if (out / "summary.json").exists():
         result["summary"] = json.loads((out / "summary.json").read_text())
-        measured = [r for line in (out / "requests.jsonl").open()
-                    if (r := json.loads(line))["phase"] == "measured" and r["status"] == "ok"]
-        result["ttfts_ms"] = [(r["first_token_s"] - r["sent_s"]) * 1e3 for r in measured]
+        measured = [r for r in read_records(out / "requests.jsonl") if r.phase == "measured" and r.ok]
+        result["ttfts_ms"] = [ttft_ms(r) for r in measured]
         # the run's own schedule and what each request saw, small enough to keep in the JSON: the sim replays
         # exactly these send times (benchmarks/sim_validation.py), so its medians compare with this run's
-        result["requests"] = [[round(r["sent_s"], 5), round((r["first_token_s"] - r["sent_s"]) * 1e3, 3),
-                               round((r["finished_s"] - r["first_token_s"]) * 1e3 / (r["output_tokens"] - 1), 4)
-                               if r["output_tokens"] > 1 else None] for r in measured]
+        result["requests"] = [[round(r.sent_s, 5), round(ttft_ms(r), 3),
+                               None if (tpot := tpot_ms(r)) is None else round(tpot, 4)] for r in measured]
         result["requests_fields"] = ["sent_s", "ttft_ms", "tpot_ms"]
         # vLLM's client starts its clock before aiohttp builds and writes the request; loadgen's starts when
         # the body reaches the socket. From the scheduled send time, loadgen's TTFT includes that client work
         # too (and its own lateness): the like-for-like figure for the comparison, open loops only.
-        if measured and all(r["scheduled_s"] is not None for r in measured):
-            result["ttfts_from_scheduled_ms"] = [(r["first_token_s"] - r["scheduled_s"]) * 1e3 for r in measured]
+        if measured and all(r.scheduled_s is not None for r in measured):
+            result["ttfts_from_scheduled_ms"] = [(r.first_token_s - r.scheduled_s) * 1e3 for r in measured]
     else:
         result["stderr"] = proc.stderr[-2000:]
     return result
@@ -134,7 +134,6 @@ def medians(point: dict) -> dict:
         row[f"vllm_{metric}_p50_ms"] = v.get(f"median_{metric}_ms")
     for who, sm in (("loadgen", s.get("server_metrics")), ("vllm", (point.get("vllm_bench") or {}).get("server_metrics"))):
         row[f"server_ttft_mean_ms_during_{who}"] = ((sm or {}).get("server_ttft_ms") or {}).get("mean")
-    for who, sm in (("loadgen", s.get("server_metrics")), ("vllm", (point.get("vllm_bench") or {}).get("server_metrics"))):
         row[f"server_phases_ms_during_{who}"] = (sm or {}).get("request_phases_mean_ms")
     from statistics import median
 
@@ -242,11 +241,11 @@ def main() -> int:
             n = requests_for(kind, value, args.seconds, args.rounds)
             tag = f"{kind}-{value:g}"
             for rep in range(args.repeats):
-                # alternate who goes first, so a drift of the server over time does not favour one client
                 paired = args.paired and kind == "poisson"
+                # alternate who goes first, so a drift of the server over time does not favour one client; a
+                # paired point needs vLLM's client first (loadgen replays its send times)
                 order = ("loadgen", "vllm_bench") if rep % 2 == 0 and not paired else ("vllm_bench", "loadgen")
-                point = {"kind": kind, "value": value, "requests": n, "repeat": rep, "order": list(order),
-                         "paired": paired}
+                point = {"kind": kind, "value": value, "requests": n, "repeat": rep, "order": list(order)}
                 trace = None
                 for who in order:
                     runs += 1
@@ -260,7 +259,9 @@ def main() -> int:
                             trace = run_dir / "send-times.csv"
                             write_trace(run_dir / "vllm-bench.json", trace)
                     point[who] = run
-                if paired and trace is not None and args.replays > 1:
+                # paired only where vLLM's client produced send times to replay (else loadgen drew its own)
+                point["paired"] = trace is not None
+                if trace is not None and args.replays > 1:
                     again = []
                     for k in range(1, args.replays):
                         runs += 1

@@ -231,8 +231,8 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: bool = False) -> None:
                         "(checked after 20 requests), e.g. 0.5")
     a.add_argument("--slo", help="goodput objectives, e.g. ttft:500ms,tpot:50ms,e2el:10s")
     a.add_argument("--workers", type=workers_count,
-                   help="client processes that share the load (default auto: one per core when the planned load "
-                        "needs more than one)")
+                   help="client processes that share the load (default auto: one when the server runs on this "
+                        "host, else one per 128 closed-loop users or 100 req/s, at most one per core)")
 
     o = p.add_argument_group("output")
     o.add_argument("--output", help="run directory (default results/<time>-<backend>-<model>)")

@@ -58,7 +58,8 @@ RATE_PER_WORKER = 100.0
 
 
 def choose_workers(requested: int | str, plan: LoadPlan, cores: int, target_on_this_host: bool) -> int:
-    """The number of client processes: as asked, or for 'auto' one per core once the planned load needs it.
+    """The number of client processes: as asked, or for 'auto' one per STREAMS_PER_WORKER closed-loop users or
+    RATE_PER_WORKER requests/s of the plan, at most one per core.
 
     'auto' stays at one process when the server runs on this host (the embedded sim, a local engine): it needs
     the cores too, and on a 2-core machine a second client process made the measured TTFT error worse."""
