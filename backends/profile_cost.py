@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from backends.errors import BackendError
-from backends.roofline import EngineCostParams, IterationCost, SeqWork, iteration_cost
+from backends.roofline import EngineCostParams, IterationCost, SeqWork, iteration_cost, with_launch
 from scenarios.catalog import GPUSpec, ModelSpec
 
 PROFILE_FORMAT = "dissect-profile"
@@ -109,7 +109,8 @@ class Profile:
         kv_read = sum(w.context + 1 for w in work if w.new_tokens == 1)
         layer += (t["attention_prefill"](pairs) + t["attention_decode"](kv_read)) / tp
         compute = model.num_layers * layer + t["embedding"](tokens) + t["lm_head"](logits) / tp
-        # The all-reduce term only. The step overhead stays the plain per-step cost: the profile's operators were
-        # timed launched one by one, so its tables already hold what a step off the CUDA graph pays.
+        # The all-reduce term and the CPU side from the roofline. The profile's operators were timed launched one
+        # by one, so the GPU side already holds the gaps between kernels that a step off the CUDA graph shows.
         roof = iteration_cost(model, gpu, tp, work, params)
-        return IterationCost(roof.flops, roof.bytes_per_gpu, compute, 0.0, roof.comm_s, params.step_overhead_s)
+        return with_launch(IterationCost(roof.flops, roof.bytes_per_gpu, compute, 0.0, roof.comm_s, params.step_overhead_s),
+                           model, work, params)

@@ -7,7 +7,7 @@ with their defaults documented; issue 12 fits them to a measured engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from scenarios.catalog import BF16_BYTES, GPUSpec, ModelSpec
@@ -19,46 +19,65 @@ class EngineCostParams:
     memory_efficiency: float = 0.9
     # Fraction of datasheet dense bf16 peak that large serving GEMMs achieve (8192^3 GEMM: ~0.79 on H100).
     compute_efficiency: float = 0.7
-    # Fixed cost per engine iteration: scheduling, sampling, kernel launches with CUDA graphs. Fitted, with
-    # request_overhead_s, to vLLM 0.22.0 on an H100 (Llama-2-7B shape, 512 in / 128 out) on its closed loop of
-    # one user, where TPOT is one decode step and TTFT one lone prefill plus this latency
+    # GPU time every step pays beyond its FLOPs and bytes: sampling, small kernels, gaps between graph pieces.
+    # Fitted, with request_overhead_s, to vLLM 0.22.0 on an H100 (Llama-2-7B shape, 512 in / 128 out) on its
+    # closed loop of one user, where TPOT is one decode step and TTFT one lone prefill plus the request latency
     # (benchmarks/sim_validation.py; results/h100-sim-validation-paired.json has every other point's error).
-    step_overhead_s: float = 1.7e-3
-    # Latency from a request's arrival to its first chance of being scheduled (HTTP, tokenization, the engine's
-    # input and output hops); fitted as above.
-    request_overhead_s: float = 10e-3
-    # The engine plans step k+1 while step k runs (vLLM's scheduler works one step ahead), so a request that
-    # arrives while the engine is busy is first scheduled this many steps after the next step boundary; an idle
-    # engine takes it at once. 0 turns it off. Structural, not fitted: vLLM's per-request phases show the
-    # difference (results/h100-vllm-serving-*.json: a request arriving beside one running request waits ~1 step
-    # longer than one arriving at an idle engine).
-    scheduling_lag_steps: int = 0
-    # The front end (API server: detokenising, SSE, HTTP) as one first-in-first-out worker: each streamed token
-    # costs it this long; a step's tokens reach the client once it has processed them, and a new request's intake
-    # waits behind them. This is what makes TTFT grow with the token rate. 0 turns it off.
-    frontend_token_s: float = 0.0
-    # Steps of at most this many tokens replay a captured CUDA graph; larger ones launch every kernel one by one
-    # (vLLM's default capture sizes end at min(2 x max_num_seqs, 512)). A 512-token prefill beside one decode is
-    # 513 tokens: off the graph.
+    step_overhead_s: float = 1.6e-3
+    # Latency from a request's arrival to the engine's intake plus its tokens' way back to the client (HTTP,
+    # tokenization, the engine's input and output hops); fitted as above.
+    request_overhead_s: float = 9.0e-3
+    # Fraction of datasheet HBM bandwidth decode attention achieves reading the paged KV cache: lower than a
+    # weight stream's (many short sequences, block tables). Measured, not fitted: the micro-benchmark's decode
+    # attention read 8 x 2,048 KV tokens at 0.70 and 32 x 2,048 at 0.77 of the H100's datasheet bandwidth
+    # (results/h100-profile-7b.json, attention_decode).
+    kv_memory_efficiency: float = 0.7
+    # The engine's CPU thread schedules a step and launches its kernels while the GPU still runs the step before
+    # (vLLM's asynchronous scheduling), so this time is hidden behind the GPU unless it is the longer of the two.
+    # A step that replays one captured graph (decode only) costs launch_s plus launch_per_seq_s per sequence.
+    # Measured, not fitted, from the H100 runs' per-token timestamps (results/h100-vllm-serving-replays.json's
+    # runs): when the GPU is already done, the next step's output follows the previous one 3.0-3.4 ms later with
+    # 1-4 sequences and 4.2 ms with 24 or more.
+    launch_s: float = 3.0e-3
+    launch_per_seq_s: float = 0.04e-3
+    # A step holding a prefill runs on piecewise graphs: attention is launched from Python between the graph's
+    # pieces, per layer. Measured: with graphs up to 1,024 tokens a 512-token prefill beside a decode delayed the
+    # previous step's output by ~9 ms against ~3 ms for a decode step ((9 - 3) / 32 layers).
+    piecewise_layer_s: float = 0.2e-3
+    # Steps of more tokens than this replay no graph (vLLM's default capture sizes end at min(2 x max_num_seqs,
+    # 512)): every kernel is launched one by one. A 512-token prefill beside one decode is 513 tokens: off the
+    # graph.
     cuda_graph_max_tokens: int = 512
-    # What a step off the graph costs on top, per decoder layer: the launches a graph would have replayed.
-    # Measured, not fitted: vLLM 0.22.0 on the H100 (Llama-2-7B, 32 layers) decoded at 6.9 ms per token with
-    # CUDA graphs and about 20 ms with --enforce-eager at 4 req/s (shared/GPU-NOTES.md): 13.1 ms / 32 layers.
-    # The token timestamps of results/h100-vllm-serving-*.json show the same cliff: a step carrying one
-    # 512-token prefill and one decode takes 20-26 ms, a 512-token prefill alone ~11 ms, a decode step ~6 ms;
-    # with graphs captured up to 1,024 tokens that step took ~11 ms and vLLM's TTFT under load fell 15-25%
-    # (results/h100-vllm-serving-graph1024.json). 0 turns it off.
-    eager_layer_overhead_s: float = 0.41e-3
+    # CPU time per decoder layer to launch a step off the graph. Measured, not fitted: vLLM 0.22.0 on the H100
+    # decoded at about 20 ms per token with --enforce-eager (shared/GPU-NOTES.md), where every step is launched
+    # one by one and the CPU is the longer side: (20 - 3.0 ms) / 32 layers. The token timestamps agree: a
+    # 513-token step delays the previous step's output by 18-23 ms (median ~20). 0 turns it off.
+    eager_layer_overhead_s: float = 0.53e-3
+    # Retired mechanisms, kept for the alternative fits of earlier sessions (results/README.md), off by default:
+    # a busy engine schedules a new request this many step boundaries later than the next one ...
+    scheduling_lag_steps: int = 0
+    # ... and the front end (API server) as one first-in-first-out worker that spends this long per streamed
+    # token, a new request's intake waiting behind it.
+    frontend_token_s: float = 0.0
     # Latency of one small all-reduce between GPUs (NVLink, custom all-reduce kernels).
     allreduce_latency_s: float = 8e-6
     dtype_bytes: int = BF16_BYTES
 
 
-def step_overhead_s(model: ModelSpec, tokens: int, params: EngineCostParams) -> float:
-    """Fixed cost of one engine iteration of `tokens` tokens: the per-step cost, plus the kernel launches of a
-    step too large for a captured CUDA graph."""
-    eager = model.num_layers * params.eager_layer_overhead_s if tokens > params.cuda_graph_max_tokens else 0.0
-    return params.step_overhead_s + eager
+def launch_seconds(model: ModelSpec, work: "list[SeqWork]", params: EngineCostParams) -> float:
+    """CPU time to schedule and launch one step: one graph replay for a decode-only step, attention launched per
+    layer between graph pieces for a step holding a prefill, every kernel per layer for a step too large for a
+    captured graph."""
+    tokens = sum(w.new_tokens for w in work)
+    if tokens == 0:
+        return 0.0
+    if tokens > params.cuda_graph_max_tokens:
+        per_layer = params.eager_layer_overhead_s
+    elif any(w.new_tokens > 1 for w in work):
+        per_layer = params.piecewise_layer_s
+    else:
+        per_layer = 0.0
+    return params.launch_s + params.launch_per_seq_s * len(work) + model.num_layers * per_layer
 
 
 @dataclass(frozen=True)
@@ -78,9 +97,14 @@ class IterationCost:
     memory_s: float
     comm_s: float
     overhead_s: float
+    # The CPU side (see launch_seconds) and, for a step launched layer by layer, the GPU time left after its last
+    # launch (one layer's share): such a step cannot finish sooner than that after its launches end.
+    launch_s: float = 0.0
+    tail_s: float = 0.0
 
     @property
     def seconds(self) -> float:
+        """The GPU's time for the step."""
         return max(self.compute_s, self.memory_s) + self.comm_s + self.overhead_s
 
 
@@ -102,6 +126,7 @@ def iteration_cost(
     logits = 0
     attn = 0.0
     kv_tokens_touched = 0
+    work = list(work)
     for w in work:
         tokens += w.new_tokens
         logits += 1 if w.emits_token else 0
@@ -111,18 +136,26 @@ def iteration_cost(
         return IterationCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     layer_matmul_params = model.num_layers * model.layer_params
     flops = 2.0 * layer_matmul_params * tokens + 2.0 * model.vocab_size * model.hidden_size * logits + attn
-    weight_bytes = model.matmul_params * params.dtype_bytes
-    kv_bytes = kv_tokens_touched * model.kv_bytes_per_token(params.dtype_bytes)
-    bytes_per_gpu = (weight_bytes + kv_bytes) / tp
+    weight_bytes = model.matmul_params * params.dtype_bytes / tp
+    kv_bytes = kv_tokens_touched * model.kv_bytes_per_token(params.dtype_bytes) / tp
+    bytes_per_gpu = weight_bytes + kv_bytes
     compute_s = flops / (tp * gpu.peak_flops * params.compute_efficiency)
-    memory_s = bytes_per_gpu / (gpu.hbm_bandwidth * params.memory_efficiency)
+    memory_s = (weight_bytes / params.memory_efficiency + kv_bytes / params.kv_memory_efficiency) / gpu.hbm_bandwidth
     comm_s = 0.0
     if tp > 1:
         # Two all-reduces per layer (after attention and after the MLP) of the hidden states; ring algorithm.
         message = tokens * model.hidden_size * params.dtype_bytes
         per_allreduce = params.allreduce_latency_s + 2 * (tp - 1) / tp * message / gpu.interconnect_bandwidth
         comm_s = 2 * model.num_layers * per_allreduce
-    return IterationCost(flops, bytes_per_gpu, compute_s, memory_s, comm_s, step_overhead_s(model, tokens, params))
+    return with_launch(IterationCost(flops, bytes_per_gpu, compute_s, memory_s, comm_s, params.step_overhead_s),
+                       model, work, params)
+
+
+def with_launch(cost: IterationCost, model: ModelSpec, work: "list[SeqWork]", params: EngineCostParams) -> IterationCost:
+    """The step's CPU side added to a GPU-side cost (the roofline's or a measured profile's)."""
+    launch = launch_seconds(model, work, params)
+    layered = launch > params.launch_s + params.launch_per_seq_s * len(work)
+    return replace(cost, launch_s=launch, tail_s=cost.seconds / model.num_layers if layered else 0.0)
 
 
 @dataclass(frozen=True)

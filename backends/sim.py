@@ -32,7 +32,7 @@ from aiohttp import web
 from backends.errors import BackendError
 from backends.http_server import serve_until_stopped
 from backends.profile_cost import Profile
-from backends.roofline import EngineCostParams, iteration_cost, memory_plan
+from backends.roofline import EngineCostParams, IterationCost, SeqWork, iteration_cost, memory_plan
 from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
 from scenarios.catalog import CatalogError, GPUSpec, ModelSpec, get_gpu, get_model
 
@@ -40,6 +40,8 @@ log = logging.getLogger("backends.sim")
 
 # The sim's tokenizer: one whitespace-separated word is one token. loadgen's prompt approximation
 # writes exactly one word per token, so both sides agree on input lengths without a real tokenizer.
+# The engine thread re-anchors its virtual clock when it is this far behind the real one.
+STALL_S = 0.02
 OUTPUT_WORDS = ("the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "on")
 
 
@@ -101,10 +103,10 @@ class SimConfig:
         return (f"roofline from catalog datasheet peaks ({self.gpu.name}: {self.gpu.peak_bf16_tflops:g} TFLOP/s, "
                 f"{self.gpu.hbm_bandwidth_gbs:g} GB/s) with documented efficiencies")
 
-    def step_seconds(self, work) -> float:
+    def step_cost(self, work: list[SeqWork]) -> IterationCost:
         if self.profile is not None:
-            return self.profile.iteration_cost(self.model, self.gpu, self.tp, work, self.cost).seconds
-        return iteration_cost(self.model, self.gpu, self.tp, work, self.cost).seconds
+            return self.profile.iteration_cost(self.model, self.gpu, self.tp, work, self.cost)
+        return iteration_cost(self.model, self.gpu, self.tp, work, self.cost)
 
 
 @dataclass
@@ -167,6 +169,25 @@ class ArrivalLag:
     @property
     def waiting(self) -> bool:
         return any(self._held)
+
+
+class StepPipeline:
+    """The engine's two clocks under asynchronous scheduling (vLLM's default): its CPU thread schedules step k+1 and
+    launches its kernels while the GPU still runs step k, then waits for step k's output and hands it on. So a
+    step's launch is hidden behind the GPU unless it is the longer (a step off the CUDA graph, launched kernel by
+    kernel), its tokens leave once the next step is launched and its GPU work is done, and a request that arrives
+    meanwhile is scheduled at the next such boundary. Used by the live sim and the replay, so both step alike."""
+
+    def __init__(self) -> None:
+        self.gpu_free = 0.0
+
+    def launch(self, t: float, cost: IterationCost) -> tuple[float, float]:
+        """A step scheduled at `t`: when its launches end (the CPU is free again) and when the GPU finishes it.
+        The GPU takes kernels as they are launched, after the step before."""
+        launched = t + cost.launch_s
+        start = max(self.gpu_free, t)
+        self.gpu_free = max(start + cost.seconds, launched + cost.tail_s)
+        return launched, self.gpu_free
 
 
 class SimEngine:
@@ -266,9 +287,16 @@ class SimEngine:
                 self.loop.call_soon_threadsafe(self._deliver, events)
 
     def _run(self) -> None:
+        """The engine loop on StepPipeline's clocks: schedule and launch the next step, then hand on the one in
+        flight once the launch is over and the GPU has finished it. Time is virtual while the engine is busy (each
+        wait is measured from when the previous one was due, so wake-up jitter does not accumulate into the
+        simulated throughput) and re-anchored to the real clock when the engine idles or falls behind by more
+        than a stall (a GC pause)."""
         cfg = self.config
-        due = time.perf_counter()
         lag = ArrivalLag(cfg.cost.scheduling_lag_steps)
+        pipeline = StepPipeline()
+        in_flight: tuple[list[TokenEvent], float] | None = None  # launched step: its tokens, when its GPU work ends
+        t = time.perf_counter()
         while not self._stop.is_set():
             lag.boundary(self.scheduler)
             while self._inbox:
@@ -278,22 +306,28 @@ class SimEngine:
                 else:
                     self.scheduler.abort(arg)  # type: ignore[arg-type]
                     lag.drop(arg)  # type: ignore[arg-type]
-            if not self.scheduler.has_work:
+            if in_flight is None and not self.scheduler.has_work:
                 if lag.waiting:
                     continue
                 self._wake.wait(0.05)
                 self._wake.clear()
-                due = time.perf_counter()
+                t = time.perf_counter()
                 continue
-            plan = self.scheduler.schedule()
-            seconds = cfg.step_seconds([s.work() for s in plan])
-            due = max(due, time.perf_counter()) + seconds
-            remaining = due - time.perf_counter()
+            if time.perf_counter() - t > STALL_S:
+                t = time.perf_counter()
+            launched_at, launched = t, None
+            if self.scheduler.has_work:
+                plan = self.scheduler.schedule()
+                launched_at, gpu_done = pipeline.launch(t, cfg.step_cost([s.work() for s in plan]))
+                # the scheduler's state moves on at once, as vLLM's does with placeholders for tokens in flight
+                launched = (self.scheduler.complete(plan), gpu_done)
+            t = max(launched_at, in_flight[1]) if in_flight is not None else launched_at
+            remaining = t - time.perf_counter()
             if remaining > 0:
                 time.sleep(remaining)
-            events = self.scheduler.complete(plan)
-            if events:
-                self.loop.call_soon_threadsafe(self._step_done, events, due)
+            if in_flight is not None and in_flight[0]:
+                self.loop.call_soon_threadsafe(self._step_done, in_flight[0], t)
+            in_flight = launched
 
 
 class SimServer:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.sim import ArrivalLag, FrontEnd, SimConfig
-from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest
+from backends.sim import ArrivalLag, FrontEnd, SimConfig, StepPipeline
+from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
 from backends.roofline import memory_plan
 
 
@@ -32,11 +32,13 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
            concurrency: int | None = None, seed: int = 0,
            send_times: list[float] | None = None) -> list[ReplayedRequest]:
     """Poisson arrivals at `qps`, requests sent at `send_times` (a measured run's own schedule, so that the
-    prediction meets the same arrivals as the measurement), or a closed loop of `concurrency` users; fixed lengths.
+    prediction meets the same arrivals as the measurement), or a closed loop of `concurrency` users that all start
+    at once; fixed lengths.
 
-    As in the live sim: a request passes the front end (FIFO, behind the tokens it is still streaming) and
-    reaches the engine `request_overhead_s` later; a busy engine schedules it `scheduling_lag_steps` step
-    boundaries later; a step's tokens reach the client once the front end has processed them."""
+    As in the live sim: a request passes the front end and reaches the engine `request_overhead_s` later; the
+    engine steps on StepPipeline's clocks (the next step is scheduled and launched while the GPU runs the one
+    before; a step's tokens leave once the next is launched and its GPU work is done); a request is scheduled at
+    the first step boundary after it arrived (`scheduling_lag_steps` later on a busy engine)."""
     if sum(x is not None for x in (qps, concurrency, send_times)) != 1:
         raise ValueError("give one of qps, concurrency, send_times")
     cost = config.cost
@@ -64,11 +66,13 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
     frontend = FrontEnd(cost.frontend_token_s)
     at_engine: list[tuple[float, int]] = []  # (time it reaches the engine, index)
     lag = ArrivalLag(cost.scheduling_lag_steps)
+    pipeline = StepPipeline()
     next_index = len(sent)
     first: dict[int, float] = {}
     scheduled_at: dict[int, float] = {}
     done: list[ReplayedRequest] = []
-    now = 0.0
+    in_flight: tuple[list[TokenEvent], float] | None = None  # launched step: its tokens, when its GPU work ends
+    now = 0.0  # the engine's CPU clock: the next step boundary
 
     def intake(until: float) -> None:
         while arrivals and arrivals[0][0] <= until:
@@ -81,28 +85,35 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
         while at_engine and at_engine[0][0] <= now:
             _, i = heapq.heappop(at_engine)
             lag.arrive(sched, SimRequest(str(i), input_len, output_len))
-        if not sched.has_work:
+        if in_flight is None and not sched.has_work:
             if lag.waiting:
                 continue
             now = max(now, min(x[0][0] for x in (at_engine, arrivals) if x))
             continue
-        step = sched.schedule()
-        for s in step:
-            scheduled_at.setdefault(int(s.request.rid), now)
-        now += config.step_seconds([s.work() for s in step])
-        intake(now)  # arrivals during the step reach the front end before the step's tokens do
-        events = sched.complete(step)
-        shown = frontend.deliver(now, sum(e.tokens for e in events))
-        for event in events:
-            i = int(event.rid)
-            first.setdefault(i, shown)
-            if event.finished:
-                done.append(ReplayedRequest(sent[i], first[i] - sent[i], shown - sent[i], output_len,
-                                            scheduled_at[i] - sent[i]))
-                if concurrency is not None and next_index < num_requests:
-                    sent[next_index] = shown
-                    heapq.heappush(arrivals, (shown, next_index))
-                    next_index += 1
+        launched_at, launched = now, None
+        if sched.has_work:
+            step = sched.schedule()
+            for s in step:
+                scheduled_at.setdefault(int(s.request.rid), now)
+            launched_at, gpu_done = pipeline.launch(now, config.step_cost([s.work() for s in step]))
+            launched = (sched.complete(step), gpu_done)
+        if in_flight is None:
+            now = launched_at
+        else:
+            now = max(launched_at, in_flight[1])
+            intake(now)  # arrivals meanwhile reach the front end before these tokens do
+            shown = frontend.deliver(now, sum(e.tokens for e in in_flight[0]))
+            for event in in_flight[0]:
+                i = int(event.rid)
+                first.setdefault(i, shown)
+                if event.finished:
+                    done.append(ReplayedRequest(sent[i], first[i] - sent[i], shown - sent[i], output_len,
+                                                scheduled_at[i] - sent[i]))
+                    if concurrency is not None and next_index < num_requests:
+                        sent[next_index] = shown
+                        heapq.heappush(arrivals, (shown, next_index))
+                        next_index += 1
+        in_flight = launched
     return done
 
 

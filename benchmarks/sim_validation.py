@@ -6,11 +6,13 @@ every other point, print the errors, write JSON.
 
 Measured values are loadgen's medians from the vllm_serving.py result files (points measured more than once are
 averaged). Predictions come from the sim replayed in virtual time (backends/sim_replay.py: the live sim's
-scheduler, step costs and front end): a Poisson point replays each measured run's own send times (a median over a
-few dozen requests depends on which of them met a busy engine), a closed loop 1,000 requests or more with every
-user starting at once. Saturated points are shown but not scored. The default fit is the sim's default model (step
-overhead, request overhead; the CUDA-graph cliff is measured, not fitted); `--lag 1 --fit-frontend` fits the
-alternative with vLLM's one-step-ahead scheduling and a front end that costs time per streamed token.
+scheduler, step pipeline and costs): a Poisson point replays each measured run's own send times (a median over a
+few dozen requests depends on which of them met a busy engine), a closed loop as many requests as the measured run
+with every user starting at once (a closed loop's TTFT is set by its waves of simultaneous prefills, which last as
+long as the run). Saturated points are shown but not scored. The default fit is the sim's default model: two
+constants (the GPU's fixed time per step and the per-request latency) fitted on one point; the CPU launch costs,
+the CUDA-graph cliff and the KV-read efficiency are measured elsewhere, not fitted. `--lag 1 --fit-frontend` fits
+the retired alternative with a scheduling lag and a front end that costs time per streamed token.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def measured_points(paths: list[str]) -> dict[tuple[str, float], dict]:
         summaries = [lg["summary"] for lg in lgs]
         out[key] = {
             "runs": len(summaries),
+            "requests": round(statistics.mean(s["requests"]["completed"] for s in summaries)),
             "ttft_p50_ms": statistics.mean(s["ttft_ms"]["p50"] for s in summaries),
             "tpot_p50_ms": statistics.mean(s["tpot_ms"]["p50"] for s in summaries),
             "output_tok_s": statistics.mean(s["throughput"]["output_tokens_per_s"] for s in summaries),
@@ -59,13 +62,14 @@ def measured_points(paths: list[str]) -> dict[tuple[str, float], dict]:
     return out
 
 
-def predict(config, kind: str, value: float, n: int = 2000, schedules: list[list[float]] | None = None) -> dict:
+def predict(config, kind: str, value: float, n: int = 2000, schedules: list[list[float]] | None = None,
+            requests: int | None = None) -> dict:
     if kind == "poisson" and schedules:
         per_run = [summarize_replay(replay(config, 512, 128, 0, send_times=times)) for times in schedules]
         return {m: statistics.mean(r[m] for r in per_run) for m in per_run[0]}
     if kind == "poisson":
         return summarize_replay(replay(config, 512, 128, n, qps=value, seed=7))
-    return summarize_replay(replay(config, 512, 128, max(n // 2, int(value) * 8), concurrency=int(value)))
+    return summarize_replay(replay(config, 512, 128, requests or max(n // 2, int(value) * 8), concurrency=int(value)))
 
 
 def errors(pred: dict, meas: dict, kind: str) -> dict:
@@ -119,7 +123,7 @@ def main() -> int:
         best = None
         for overhead_ms, request_ms, frontend_ms in itertools.product(steps, requests, frontends):
             pred = predict(config_with(overhead_ms, request_ms, frontend_ms), *fit_key, n=300,
-                           schedules=target["schedules"])
+                           schedules=target["schedules"], requests=target["requests"])
             e = errors(pred, target, kind)
             loss = e["ttft_p50_ms"] ** 2 + e["tpot_p50_ms"] ** 2
             if best is None or loss < best[0]:
@@ -143,8 +147,8 @@ def main() -> int:
                                        "request_overhead_ms": base.cost.request_overhead_s * 1e3}, "points": []}
     for key in sorted(measured, key=lambda k: (k[0] != "poisson", k[1])):
         meas = measured[key]
-        pred = predict(fitted, *key, schedules=meas["schedules"])
-        default = predict(base, *key, schedules=meas["schedules"])
+        pred = predict(fitted, *key, schedules=meas["schedules"], requests=meas["requests"])
+        default = predict(base, *key, schedules=meas["schedules"], requests=meas["requests"])
         e = errors(pred, meas, key[0])
         role = "fit" if key == fit_key else ("saturated" if key in SATURATED else "predicted")
         report["points"].append({"kind": key[0], "value": key[1],

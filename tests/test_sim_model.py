@@ -30,16 +30,18 @@ def test_70b_faster_per_token_with_8_gpus_than_4():
 
 def test_cost_terms_by_hand():
     model = get_model("tiny")
-    params = EngineCostParams(memory_efficiency=1.0, compute_efficiency=1.0, step_overhead_s=0.0)
+    params = EngineCostParams(memory_efficiency=1.0, compute_efficiency=1.0, kv_memory_efficiency=0.5,
+                              step_overhead_s=0.0)
     # prefill 4 tokens with no context: query i sees i+1 keys -> 1+2+3+4 = 10 key visits
     assert attention_flops(model, 4, 0) == 4 * model.num_layers * model.num_heads * model.head_dim * 10
     cost = iteration_cost(model, H100, 1, [SeqWork(4, 0, True)], params)
     layer = model.num_layers * model.layer_params
     expected_flops = 2 * layer * 4 + 2 * model.vocab_size * model.hidden_size + attention_flops(model, 4, 0)
     assert cost.flops == pytest.approx(expected_flops)
-    expected_bytes = (layer + model.vocab_size * model.hidden_size) * 2 + 4 * model.kv_bytes_per_token()
-    assert cost.bytes_per_gpu == pytest.approx(expected_bytes)
-    assert cost.seconds == pytest.approx(max(expected_flops / H100.peak_flops, expected_bytes / H100.hbm_bandwidth))
+    weights, kv = (layer + model.vocab_size * model.hidden_size) * 2, 4 * model.kv_bytes_per_token()
+    assert cost.bytes_per_gpu == pytest.approx(weights + kv)
+    # the KV cache is read at its own efficiency (here half the bandwidth): its bytes count twice
+    assert cost.seconds == pytest.approx(max(expected_flops / H100.peak_flops, (weights + 2 * kv) / H100.hbm_bandwidth))
 
 
 def test_prefill_is_compute_bound_decode_memory_bound():
@@ -113,22 +115,75 @@ def test_abort_frees_blocks():
     assert s.abort("x") and s.free_blocks == s.total_blocks and not s.has_work
 
 
-def test_replay_of_a_lone_request_is_its_step_costs():
+def test_replay_of_a_lone_request_follows_the_pipeline_by_hand():
+    """One request on an idle engine, 3 output tokens. Its prefill is launched at once (piecewise graphs: launch
+    3 + 0.04 + 32 x 0.2 ms = 9.44 ms, overlapping the GPU's prefill); its first token leaves once the next step
+    (its first decode, a graph: 3.04 ms) is launched and the prefill's GPU work is done; every later token once
+    the step after it is launched and its own GPU work is done."""
+    from dataclasses import replace
+
     from backends.sim import build_config
     from backends.sim_replay import replay, summarize_replay
 
     cfg = build_config("7b", "h100", 1)
-    done = replay(cfg, 512, 8, 1, qps=0.001)
+    cfg = replace(cfg, cost=replace(cfg.cost, frontend_token_s=0.0))
+    c = cfg.cost
+    done = replay(cfg, 512, 3, 1, qps=0.001)
     assert len(done) == 1
-    prefill = cfg.step_seconds([SeqWork(512, 0, True)])
-    decode = [cfg.step_seconds([SeqWork(1, 512 + k, True)]) for k in range(7)]
-    # a lone request: the front end is never behind, so each token costs it exactly one token's time
-    front = cfg.cost.frontend_token_s
-    assert done[0].ttft_s == pytest.approx(cfg.cost.request_overhead_s + prefill + front)
-    assert done[0].e2el_s == pytest.approx(cfg.cost.request_overhead_s + prefill + sum(decode) + front)
+    prefill = cfg.step_cost([SeqWork(512, 0, True)])
+    decode = [cfg.step_cost([SeqWork(1, 512 + k, True)]) for k in range(2)]
+    assert prefill.launch_s == pytest.approx(3e-3 + 0.04e-3 + 32 * 0.2e-3)
+    assert decode[0].launch_s == pytest.approx(3.04e-3) and decode[0].tail_s == 0.0
+    # by hand: GPU prefill ends at max(0 + gpu, launch + one layer's share); decode 1 launched at prefill.launch
+    gpu_prefill = max(prefill.seconds, prefill.launch_s + prefill.seconds / 32)
+    first = max(prefill.launch_s + decode[0].launch_s, gpu_prefill)
+    gpu_1 = max(gpu_prefill, prefill.launch_s) + decode[0].seconds
+    second = max(first + decode[1].launch_s, gpu_1)
+    gpu_2 = max(gpu_1, first) + decode[1].seconds
+    third = gpu_2  # nothing left to launch: the last token leaves when the GPU is done
+    assert done[0].ttft_s == pytest.approx(c.request_overhead_s + first)
+    assert done[0].e2el_s == pytest.approx(c.request_overhead_s + third)
+    assert first < second < third
     # a closed loop of 4 users completes every request exactly once
     closed = replay(cfg, 128, 16, 12, concurrency=4)
     assert len(closed) == 12 and summarize_replay(closed)["output_tok_s"] > 0
+
+
+def test_step_pipeline_hides_a_launch_behind_the_gpu_unless_it_is_longer():
+    """The CPU launches step k+1 while the GPU runs step k. A short launch is hidden; a long one (off the CUDA
+    graph) paces the GPU, which cannot finish before the last launch plus one layer's work."""
+    from backends.roofline import IterationCost
+    from backends.sim import StepPipeline
+
+    def step(gpu, launch, tail=0.0):
+        return IterationCost(0, 0, gpu, 0, 0, 0, launch_s=launch, tail_s=tail)
+
+    p = StepPipeline()
+    assert p.launch(0.0, step(6e-3, 3e-3)) == pytest.approx((3e-3, 6e-3))  # idle GPU: starts at once
+    # next step launched at 3 ms (the CPU is free), the GPU takes it after the first: 6 + 6 = 12 ms
+    assert p.launch(3e-3, step(6e-3, 3e-3)) == pytest.approx((6e-3, 12e-3))
+    # a step off the graph launched at 6 ms: 20 ms of launches; its 11 ms of GPU work would end at 23 ms but the
+    # last launch ends at 26 ms, and one layer's share (0.35 ms) follows it
+    assert p.launch(6e-3, step(11e-3, 20e-3, 0.35e-3)) == pytest.approx((26e-3, 26.35e-3))
+
+
+def test_busy_arrival_in_the_default_config_pays_the_eager_launch_not_its_sum():
+    """A request arriving beside one decoding request makes a 513-token step: off the graph, launched in
+    3.08 + 32 x 0.53 ms. Its TTFT grows over a lone request's by about that launch minus the prefill's own, not by
+    the launch on top of the GPU's work as a model without the CPU/GPU overlap would say."""
+    from backends.sim import build_config
+    from backends.sim_replay import replay
+
+    cfg = build_config("7b", "h100", 1)
+    lone = replay(cfg, 512, 128, 0, send_times=[0.0])[0].ttft_s
+    busy = sorted(replay(cfg, 512, 128, 0, send_times=[0.0, 0.3]), key=lambda r: r.arrival_s)[1].ttft_s
+    mixed = cfg.step_cost([SeqWork(512, 0, True), SeqWork(1, 600, True)])
+    alone = cfg.step_cost([SeqWork(512, 0, True)])
+    assert mixed.launch_s == pytest.approx(3e-3 + 2 * 0.04e-3 + 32 * 0.53e-3)
+    extra = busy - lone
+    # at most: a whole decode step of waiting for the boundary plus the launch difference and one more launch
+    assert mixed.launch_s - alone.launch_s - 1e-3 < extra < mixed.launch_s - alone.launch_s + 2 * 6.5e-3
+    assert extra < mixed.launch_s + mixed.seconds - alone.seconds  # far below the additive model's penalty
 
 
 def test_front_end_is_one_fifo_worker():
@@ -152,27 +207,32 @@ def test_scheduling_lag_costs_a_busy_arrival_about_one_step():
     base = build_config("7b", "h100", 1)
     cfgs = [replace(base, cost=replace(base.cost, scheduling_lag_steps=lag, frontend_token_s=0.0)) for lag in (0, 1)]
     busy = [sum(r.ttft_s for r in replay(c, 512, 128, 400, qps=6.0, seed=3)) / 400 for c in cfgs]
-    step = base.step_seconds([SeqWork(1, 600, True)] * 6)
+    step = base.step_cost([SeqWork(1, 600, True)] * 6).seconds
     assert 0.5 * step < busy[1] - busy[0] < 1.5 * step
     lone = [replay(c, 512, 8, 1, qps=0.001)[0].ttft_s for c in cfgs]
     assert lone[0] == pytest.approx(lone[1])
 
 
-def test_step_over_the_cuda_graph_size_pays_the_eager_launches():
-    """A 512-token prefill fits vLLM's largest captured graph; with one decode beside it (513 tokens) it runs
-    off the graph and pays num_layers x eager_layer_overhead_s on top (by hand: 32 x 0.41 ms = 13.12 ms)."""
-    from backends.roofline import EngineCostParams, iteration_cost, step_overhead_s
+def test_launch_costs_by_hand():
+    """A decode-only step replays one graph; a step with a prefill runs on piecewise graphs (attention launched per
+    layer); a step over the largest graph (a 512-token prefill beside one decode: 513 tokens) launches every
+    kernel per layer."""
+    from backends.roofline import EngineCostParams, iteration_cost, launch_seconds
     from scenarios.catalog import get_gpu, get_model
 
     m, g, p = get_model("7b"), get_gpu("h100"), EngineCostParams()
-    assert step_overhead_s(m, 512, p) == pytest.approx(p.step_overhead_s)
-    assert step_overhead_s(m, 513, p) == pytest.approx(p.step_overhead_s + 32 * 0.41e-3)
-    alone = iteration_cost(m, g, 1, [SeqWork(512, 0, True)], p)
-    mixed = iteration_cost(m, g, 1, [SeqWork(512, 0, True), SeqWork(1, 600, True)], p)
-    assert mixed.overhead_s - alone.overhead_s == pytest.approx(13.12e-3)
-    off = EngineCostParams(eager_layer_overhead_s=0.0)
-    assert step_overhead_s(m, 4096, off) == off.step_overhead_s
-    assert step_overhead_s(get_model("70b"), 513, p) == pytest.approx(p.step_overhead_s + 80 * 0.41e-3)
+    decode8 = [SeqWork(1, 600, True)] * 8
+    assert launch_seconds(m, decode8, p) == pytest.approx(3e-3 + 8 * 0.04e-3)
+    assert launch_seconds(m, [SeqWork(512, 0, True)], p) == pytest.approx(3.04e-3 + 32 * 0.2e-3)
+    mixed = [SeqWork(512, 0, True), SeqWork(1, 600, True)]
+    assert launch_seconds(m, mixed, p) == pytest.approx(3.08e-3 + 32 * 0.53e-3)
+    assert launch_seconds(get_model("70b"), mixed, p) == pytest.approx(3.08e-3 + 80 * 0.53e-3)
+    assert launch_seconds(m, [], p) == 0.0
+    cost = iteration_cost(m, g, 1, mixed, p)
+    assert cost.tail_s == pytest.approx(cost.seconds / 32)  # launched layer by layer
+    assert iteration_cost(m, g, 1, decode8, p).tail_s == 0.0  # one graph replay
+    bigger = EngineCostParams(cuda_graph_max_tokens=1024)
+    assert launch_seconds(m, mixed, bigger) == pytest.approx(3.08e-3 + 32 * 0.2e-3)
 
 
 def test_replay_of_a_given_schedule_sends_exactly_then():
