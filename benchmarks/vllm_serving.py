@@ -58,7 +58,9 @@ def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, o
            *load, "--num-requests", str(n), "--seed", str(seed), "--scrape-interval", "1s", "--output", str(out), "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
-    result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
+    # the run's window on CLOCK_MONOTONIC, which the server's step trace (--step-trace) shares
+    result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
+              "clock_window_s": [t0, time.perf_counter()]}
     if (out / "summary.json").exists():
         result["summary"] = json.loads((out / "summary.json").read_text())
         measured = [r for r in read_records(out / "requests.jsonl") if r.phase == "measured" and r.ok]
@@ -102,6 +104,7 @@ def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args
         scraper.terminate()  # SIGTERM: one final scrape, then exit
         scraper.wait(timeout=30)
     result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
+              "clock_window_s": [t0, time.perf_counter()],
               "server_metrics": summarize_server_metrics(read_server_metrics(out / "server_metrics.jsonl"))}
     (out / "vllm-bench.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
     path = out / "vllm-bench.json"
@@ -194,6 +197,10 @@ def main() -> int:
     p.add_argument("--serve-detached", action="store_true",
                    help="start the server in its own session, print its URL, and exit leaving it running (so one "
                         "server can serve several invocations on a machine that limits a command's time)")
+    p.add_argument("--step-trace", action="store_true",
+                   help="record every engine step's scheduling, launch, wait and output times inside vLLM's engine "
+                        "core (benchmarks/vllm_step_trace) into OUT/steps.<pid>.jsonl; read them with "
+                        "benchmarks/step_trace_report.py")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -219,8 +226,13 @@ def main() -> int:
         report["gpu"] = None
     report_path = out / "vllm-serving.json"
 
+    server_extra = dict(extra)
+    if args.step_trace:
+        server_extra["DISSECT_STEP_TRACE"] = str((out / "steps").resolve())
+        server_extra["PYTHONPATH"] = os.pathsep.join([str(ROOT / "benchmarks" / "vllm_step_trace"),
+                                                      env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if args.serve_detached:
-        _, url, info = start_server(args, model, out, extra)  # a new session: it outlives this process
+        _, url, info = start_server(args, model, out, server_extra)  # a new session: it outlives this process
         (out / "server.json").write_text(json.dumps({"url": url, **info}, indent=1))
         print(url)
         return 0
@@ -229,7 +241,7 @@ def main() -> int:
         started = out / "server.json"
         report["server"] = json.loads(started.read_text()) if started.exists() else {"url": url, "started_by": "hand"}
     else:
-        server, url, report["server"] = start_server(args, model, out, extra)
+        server, url, report["server"] = start_server(args, model, out, server_extra)
     try:
         # warm-up: the first requests after start compile and capture; neither client should pay for that
         if not (out / "warmup").exists():
