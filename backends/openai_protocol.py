@@ -22,6 +22,10 @@ class OpenAIProtocol:
     # vLLM's stream_options.continuous_usage_stats: usage in every chunk, so a token whose text is empty (a partial
     # UTF-8 sequence, a special token) is still counted, and the first token is timed even when it prints nothing.
     continuous_usage: bool = False
+    # Also force the length with min_tokens. Only for servers not known to honour ignore_eos: on vLLM it is not
+    # free, its min-tokens logits processor does per-request Python work in every step (the H100 step trace showed
+    # the engine's launches slower under loadgen's requests than under vLLM's own client's, which send no min_tokens).
+    min_tokens: bool = True
 
     @property
     def path(self) -> str:
@@ -40,9 +44,9 @@ class OpenAIProtocol:
             "temperature": 0.0,
         }
         if self.ignore_eos:
-            # vLLM/SGLang honour ignore_eos; min_tokens is the portable way to force the length elsewhere.
             body["ignore_eos"] = True
-            body["min_tokens"] = output_tokens
+            if self.min_tokens:  # the portable way to force the length on servers that ignore ignore_eos
+                body["min_tokens"] = output_tokens
         if self.endpoint == "chat":
             text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
             body["messages"] = [{"role": "user", "content": text}]

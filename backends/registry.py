@@ -17,11 +17,13 @@ FRAMEWORKS: dict[str, Adapter] = {
 }
 ENDPOINTS = ("completions", "chat", "tgi", "lightllm", "triton")
 CONTINUOUS_USAGE_BACKENDS = frozenset({"vllm"})  # accept stream_options.continuous_usage_stats
+IGNORE_EOS_BACKENDS = frozenset({"vllm", "sglang", "sim"})  # honour ignore_eos: no min_tokens needed
 
 
 def protocol_for(endpoint: str, ignore_eos: bool = True, backend: str | None = None):
     if endpoint in ("completions", "chat"):
-        return OpenAIProtocol(endpoint, ignore_eos, continuous_usage=backend in CONTINUOUS_USAGE_BACKENDS)
+        return OpenAIProtocol(endpoint, ignore_eos, continuous_usage=backend in CONTINUOUS_USAGE_BACKENDS,
+                              min_tokens=backend not in IGNORE_EOS_BACKENDS)
     if endpoint == "tgi":
         return TGIProtocol(ignore_eos=ignore_eos)
     if endpoint == "lightllm":

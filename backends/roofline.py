@@ -34,25 +34,25 @@ class EngineCostParams:
     kv_memory_efficiency: float = 0.7
     # The engine's CPU thread schedules a step and launches its kernels while the GPU still runs the step before
     # (vLLM's asynchronous scheduling), so this time is hidden behind the GPU unless it is the longer of the two.
-    # A step that replays one captured graph (decode only) costs launch_s plus launch_per_seq_s per sequence.
-    # Measured, not fitted, from the H100 runs' per-token timestamps (results/h100-vllm-serving-replays.json's
-    # runs): when the GPU is already done, the next step's output follows the previous one 3.0-3.4 ms later with
-    # 1-4 sequences and 4.2 ms with 24 or more.
-    launch_s: float = 3.0e-3
-    launch_per_seq_s: float = 0.04e-3
+    # Measured, not fitted, inside vLLM 0.22.0's engine core on the H100 (benchmarks/vllm_serving.py --step-trace;
+    # results/h100-vllm-step-trace.json: 36,672 steps): a decode-only step (one CUDA graph replay) took
+    # 1.71 ms + 0.044 ms per sequence from the start of scheduling to the end of its launch, and processing a
+    # step's output ~0.1 ms more.
+    launch_s: float = 1.8e-3
+    launch_per_seq_s: float = 0.044e-3
     # A step holding a prefill runs on piecewise graphs: attention is launched from Python between the graph's
-    # pieces, per layer. Measured: with graphs up to 1,024 tokens a 512-token prefill beside a decode delayed the
-    # previous step's output by ~9 ms against ~3 ms for a decode step ((9 - 3) / 32 layers).
-    piecewise_layer_s: float = 0.2e-3
+    # pieces, per layer. Measured as above: a lone 512-token prefill's launch took 9.05 ms ((9.05 + 0.08 - 1.84) /
+    # 32 layers).
+    piecewise_layer_s: float = 0.23e-3
     # Steps of more tokens than this replay no graph (vLLM's default capture sizes end at min(2 x max_num_seqs,
     # 512)): every kernel is launched one by one. A 512-token prefill beside one decode is 513 tokens: off the
     # graph.
     cuda_graph_max_tokens: int = 512
-    # CPU time per decoder layer to launch a step off the graph. Measured, not fitted: vLLM 0.22.0 on the H100
-    # decoded at about 20 ms per token with --enforce-eager (shared/GPU-NOTES.md), where every step is launched
-    # one by one and the CPU is the longer side: (20 - 3.0 ms) / 32 layers. The token timestamps agree: a
-    # 513-token step delays the previous step's output by 18-23 ms (median ~20). 0 turns it off.
-    eager_layer_overhead_s: float = 0.53e-3
+    # CPU time to launch a step off the graph: per decoder layer, and per sequence on top of launch_per_seq_s.
+    # Measured as above: 1,570 such steps took 15.49 ms + 0.219 ms per sequence ((15.49 + 0.2 - 1.8) / 32 layers;
+    # 0.219 - 0.044 per sequence). 0 turns them off.
+    eager_layer_overhead_s: float = 0.43e-3
+    eager_launch_per_seq_s: float = 0.18e-3
     # Retired mechanisms, kept for the alternative fits of earlier sessions (results/README.md), off by default:
     # a busy engine schedules a new request this many step boundaries later than the next one ...
     scheduling_lag_steps: int = 0
@@ -71,13 +71,15 @@ def launch_seconds(model: ModelSpec, work: "list[SeqWork]", params: EngineCostPa
     tokens = sum(w.new_tokens for w in work)
     if tokens == 0:
         return 0.0
+    per_seq = params.launch_per_seq_s
     if tokens > params.cuda_graph_max_tokens:
         per_layer = params.eager_layer_overhead_s
+        per_seq += params.eager_launch_per_seq_s
     elif any(w.new_tokens > 1 for w in work):
         per_layer = params.piecewise_layer_s
     else:
         per_layer = 0.0
-    return params.launch_s + params.launch_per_seq_s * len(work) + model.num_layers * per_layer
+    return params.launch_s + per_seq * len(work) + model.num_layers * per_layer
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,18 @@ def test_payload_forces_length_and_usage():
     assert "ignore_eos" not in OpenAIProtocol("completions", ignore_eos=False).payload("m", "x", 1)
 
 
+def test_min_tokens_only_for_servers_that_may_ignore_ignore_eos():
+    """vLLM, SGLang and the sim honour ignore_eos; min_tokens on top would make vLLM's min-tokens logits
+    processor work in every step. An unknown OpenAI-compatible server gets both."""
+    from backends.registry import protocol_for
+
+    for backend in ("vllm", "sglang", "sim"):
+        body = protocol_for("completions", True, backend).payload("m", "x", 9)
+        assert body["ignore_eos"] is True and "min_tokens" not in body
+    assert protocol_for("completions", True, "openai").payload("m", "x", 9)["min_tokens"] == 9
+    assert "min_tokens" not in protocol_for("chat", False, "openai").payload("m", "x", 9)
+
+
 def test_output_tokens_from_tokenizer_when_server_gives_no_usage():
     """A server that streams 3 chunks of two words each and no usage: a word-counting tokenizer says 6."""
 
