@@ -35,30 +35,34 @@ class EngineCostParams:
     # The engine's CPU thread schedules a step and launches its kernels while the GPU still runs the step before
     # (vLLM's asynchronous scheduling), so this time is hidden behind the GPU unless it is the longer of the two.
     # Measured, not fitted, inside vLLM 0.22.0's engine core on the H100 (benchmarks/vllm_serving.py --step-trace;
-    # results/h100-vllm-step-trace.json: 36,672 steps): a decode-only step (one CUDA graph replay) took
-    # 1.71 ms + 0.044 ms per sequence from the start of scheduling to the end of its launch, and processing a
-    # step's output ~0.1 ms more.
-    launch_s: float = 1.8e-3
-    launch_per_seq_s: float = 0.044e-3
+    # results/h100-vllm-step-trace.json, 36,672 steps). Means, not medians: the sim charges each step one fixed
+    # time, and what queues behind a step is its mean. A decode-only step (one CUDA graph replay) took
+    # 2.03 ms + 0.038 ms per sequence from the start of scheduling to the end of its launch, and processing its
+    # output 0.15 ms more.
+    launch_s: float = 2.2e-3
+    launch_per_seq_s: float = 0.04e-3
     # A step holding a prefill runs on piecewise graphs: attention is launched from Python between the graph's
-    # pieces, per layer. Measured as above: a lone 512-token prefill's launch took 9.05 ms ((9.05 + 0.08 - 1.84) /
-    # 32 layers).
-    piecewise_layer_s: float = 0.23e-3
+    # pieces, per layer. Measured as above: a lone 512-token prefill's launch took 9.26 ms and its output 0.09 ms
+    # ((9.35 - 2.24) / 32 layers).
+    piecewise_layer_s: float = 0.22e-3
     # Steps of more tokens than this replay no graph (vLLM's default capture sizes end at min(2 x max_num_seqs,
     # 512)): every kernel is launched one by one. A 512-token prefill beside one decode is 513 tokens: off the
     # graph.
     cuda_graph_max_tokens: int = 512
     # CPU time to launch a step off the graph: per decoder layer, and per sequence on top of launch_per_seq_s.
-    # Measured as above: 1,570 such steps took 15.49 ms + 0.219 ms per sequence ((15.49 + 0.2 - 1.8) / 32 layers;
-    # 0.219 - 0.044 per sequence). 0 turns them off.
-    eager_layer_overhead_s: float = 0.43e-3
-    eager_launch_per_seq_s: float = 0.18e-3
-    # Retired mechanisms, kept for the alternative fits of earlier sessions (results/README.md), off by default:
-    # a busy engine schedules a new request this many step boundaries later than the next one ...
+    # Measured as above: 1,565 such steps took 16.93 ms + 0.244 ms per sequence, their output 0.22 ms
+    # ((16.93 + 0.22 - 2.2) / 32 layers; 0.244 - 0.04 per sequence). 0 turns them off.
+    eager_layer_overhead_s: float = 0.47e-3
+    eager_launch_per_seq_s: float = 0.2e-3
+    # The front end (API server: detokenising, SSE, HTTP) as one first-in-first-out worker: each streamed token
+    # costs it this long; a step's tokens reach the client once it has processed them, and a new request's intake
+    # waits behind them. Measured, not fitted: on the H100 the tokens of one engine step reached loadgen spread over
+    # 0.039 / 0.058 / 0.084 ms per token at 4 / 8 / 16 req/s, after the engine's output (the step trace's times on
+    # the clock loadgen shares), and the first of them 1.0 / 1.2 / 2.1 ms after it. 0 turns it off.
+    frontend_token_s: float = 0.06e-3
+    # A retired mechanism, kept for the alternative fits of earlier sessions (results/README.md), off by default: a
+    # busy engine schedules a new request this many step boundaries later than the next one.
     scheduling_lag_steps: int = 0
-    # ... and the front end (API server) as one first-in-first-out worker that spends this long per streamed
-    # token, a new request's intake waiting behind it.
-    frontend_token_s: float = 0.0
     # Latency of one small all-reduce between GPUs (NVLink, custom all-reduce kernels).
     allreduce_latency_s: float = 8e-6
     dtype_bytes: int = BF16_BYTES

@@ -108,10 +108,12 @@ def main() -> int:
     if args.lag is None:
         args.lag = base.cost.scheduling_lag_steps
     # fit from zero, so the fitted values do not depend on the defaults they became
-    base = replace(base, cost=replace(base.cost, step_overhead_s=0.3e-3, request_overhead_s=0.0, frontend_token_s=0.0,
-                                      scheduling_lag_steps=args.lag))
+    # (the front end's cost per token is measured, not fitted, unless --fit-frontend)
+    front_ms = 0.0 if args.fit_frontend else defaults.frontend_token_s * 1e3
+    base = replace(base, cost=replace(base.cost, step_overhead_s=0.3e-3, request_overhead_s=0.0,
+                                      frontend_token_s=front_ms / 1e3, scheduling_lag_steps=args.lag))
 
-    def config_with(overhead_ms: float, request_ms: float, frontend_ms: float = 0.0):
+    def config_with(overhead_ms: float, request_ms: float, frontend_ms: float = front_ms):
         return replace(base, cost=replace(base.cost, step_overhead_s=overhead_ms / 1e3, request_overhead_s=request_ms / 1e3,
                                           frontend_token_s=frontend_ms / 1e3))
 
@@ -134,11 +136,11 @@ def main() -> int:
         overhead_ms, request_ms = defaults.step_overhead_s * 1e3, defaults.request_overhead_s * 1e3
         frontend_ms = defaults.frontend_token_s * 1e3
     else:
-        frontends = [x / 20 for x in range(0, 11)] if args.fit_frontend else [0.0]
+        frontends = [x / 20 for x in range(0, 11)] if args.fit_frontend else [front_ms]
         _, o, r, f = search([x / 5 for x in range(0, 16)], [float(x) for x in range(0, 31, 2)], frontends)
         _, overhead_ms, request_ms, frontend_ms = search(
             [max(0.0, round(o + d / 10, 2)) for d in (-1, 0, 1)], [max(0.0, r + d) for d in (-1, 0, 1)],
-            sorted({max(0.0, round(f + d / 40, 3)) for d in (-1, 0, 1)}) if args.fit_frontend else [0.0])
+            sorted({max(0.0, round(f + d / 40, 3)) for d in (-1, 0, 1)}) if args.fit_frontend else [front_ms])
     fitted = config_with(overhead_ms, request_ms, frontend_ms)
     rows, report = [], {"cost_model": base.cost_model, "fit_point": None if fit_key is None else args.fit,
                         "cuda_graph_max_tokens": base.cost.cuda_graph_max_tokens, "fitted": {"step_overhead_ms": overhead_ms, "request_overhead_ms": request_ms,

@@ -117,8 +117,8 @@ def test_abort_frees_blocks():
 
 def test_replay_of_a_lone_request_follows_the_pipeline_by_hand():
     """One request on an idle engine, 3 output tokens. Its prefill is launched at once (piecewise graphs: launch
-    3 + 0.04 + 32 x 0.2 ms = 9.44 ms, overlapping the GPU's prefill); its first token leaves once the next step
-    (its first decode, a graph: 3.04 ms) is launched and the prefill's GPU work is done; every later token once
+    2.2 + 0.04 + 32 x 0.22 ms = 9.28 ms, overlapping the GPU's prefill); its first token leaves once the next step
+    (its first decode, a graph: 2.24 ms) is launched and the prefill's GPU work is done; every later token once
     the step after it is launched and its own GPU work is done."""
     from dataclasses import replace
 
@@ -132,8 +132,8 @@ def test_replay_of_a_lone_request_follows_the_pipeline_by_hand():
     assert len(done) == 1
     prefill = cfg.step_cost([SeqWork(512, 0, True)])
     decode = [cfg.step_cost([SeqWork(1, 512 + k, True)]) for k in range(2)]
-    assert prefill.launch_s == pytest.approx(3e-3 + 0.04e-3 + 32 * 0.2e-3)
-    assert decode[0].launch_s == pytest.approx(3.04e-3) and decode[0].tail_s == 0.0
+    assert prefill.launch_s == pytest.approx(2.2e-3 + 0.04e-3 + 32 * 0.22e-3)
+    assert decode[0].launch_s == pytest.approx(2.24e-3) and decode[0].tail_s == 0.0
     # by hand: GPU prefill ends at max(0 + gpu, launch + one layer's share); decode 1 launched at prefill.launch
     gpu_prefill = max(prefill.seconds, prefill.launch_s + prefill.seconds / 32)
     first = max(prefill.launch_s + decode[0].launch_s, gpu_prefill)
@@ -169,7 +169,7 @@ def test_step_pipeline_hides_a_launch_behind_the_gpu_unless_it_is_longer():
 
 def test_busy_arrival_in_the_default_config_pays_the_eager_launch_not_its_sum():
     """A request arriving beside one decoding request makes a 513-token step: off the graph, launched in
-    3.08 + 32 x 0.53 ms. Its TTFT grows over a lone request's by about that launch minus the prefill's own, not by
+    2.2 + 2 x (0.04 + 0.2) + 32 x 0.47 ms. Its TTFT grows over a lone request's by about that launch minus the prefill's own, not by
     the launch on top of the GPU's work as a model without the CPU/GPU overlap would say."""
     from backends.sim import build_config
     from backends.sim_replay import replay
@@ -179,7 +179,7 @@ def test_busy_arrival_in_the_default_config_pays_the_eager_launch_not_its_sum():
     busy = sorted(replay(cfg, 512, 128, 0, send_times=[0.0, 0.3]), key=lambda r: r.arrival_s)[1].ttft_s
     mixed = cfg.step_cost([SeqWork(512, 0, True), SeqWork(1, 600, True)])
     alone = cfg.step_cost([SeqWork(512, 0, True)])
-    assert mixed.launch_s == pytest.approx(3e-3 + 2 * 0.04e-3 + 32 * 0.53e-3)
+    assert mixed.launch_s == pytest.approx(2.2e-3 + 2 * 0.24e-3 + 32 * 0.47e-3)
     extra = busy - lone
     # at most: a whole decode step of waiting for the boundary plus the launch difference and one more launch
     assert mixed.launch_s - alone.launch_s - 1e-3 < extra < mixed.launch_s - alone.launch_s + 2 * 6.5e-3
@@ -222,17 +222,17 @@ def test_launch_costs_by_hand():
 
     m, g, p = get_model("7b"), get_gpu("h100"), EngineCostParams()
     decode8 = [SeqWork(1, 600, True)] * 8
-    assert launch_seconds(m, decode8, p) == pytest.approx(3e-3 + 8 * 0.04e-3)
-    assert launch_seconds(m, [SeqWork(512, 0, True)], p) == pytest.approx(3.04e-3 + 32 * 0.2e-3)
+    assert launch_seconds(m, decode8, p) == pytest.approx(2.2e-3 + 8 * 0.04e-3)
+    assert launch_seconds(m, [SeqWork(512, 0, True)], p) == pytest.approx(2.24e-3 + 32 * 0.22e-3)
     mixed = [SeqWork(512, 0, True), SeqWork(1, 600, True)]
-    assert launch_seconds(m, mixed, p) == pytest.approx(3.08e-3 + 32 * 0.53e-3)
-    assert launch_seconds(get_model("70b"), mixed, p) == pytest.approx(3.08e-3 + 80 * 0.53e-3)
+    assert launch_seconds(m, mixed, p) == pytest.approx(2.2e-3 + 2 * 0.24e-3 + 32 * 0.47e-3)
+    assert launch_seconds(get_model("70b"), mixed, p) == pytest.approx(2.2e-3 + 2 * 0.24e-3 + 80 * 0.47e-3)
     assert launch_seconds(m, [], p) == 0.0
     cost = iteration_cost(m, g, 1, mixed, p)
     assert cost.tail_s == pytest.approx(cost.seconds / 32)  # launched layer by layer
     assert iteration_cost(m, g, 1, decode8, p).tail_s == 0.0  # one graph replay
     bigger = EngineCostParams(cuda_graph_max_tokens=1024)
-    assert launch_seconds(m, mixed, bigger) == pytest.approx(3.08e-3 + 32 * 0.2e-3)
+    assert launch_seconds(m, mixed, bigger) == pytest.approx(2.28e-3 + 32 * 0.22e-3)
 
 
 def test_replay_of_a_given_schedule_sends_exactly_then():

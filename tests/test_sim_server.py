@@ -110,16 +110,16 @@ def test_fixed_timing_mode_gives_a_known_ground_truth(tmp_path, start_sim):
 
 
 def test_live_engine_steps_at_the_cpu_pace_when_the_gpu_is_quicker(start_sim):
-    """A tiny model's GPU step (~1.6 ms) is shorter than a step's launch (3.04 ms): under asynchronous scheduling the
+    """A tiny model's GPU step (~1.6 ms) is shorter than a step's launch (2.24 ms): under asynchronous scheduling the
     engine can go no faster than its CPU, so the live sim decodes at the launch's pace, as the replay predicts (a
-    model of GPU time alone would say 1.6 ms)."""
+    model of GPU time alone would say 1.6 ms, 29% less)."""
     from backends.roofline import SeqWork
     from backends.sim import build_config
     from backends.sim_replay import replay
 
     cfg = build_config("tiny", "h100", 1)
     step = cfg.step_cost([SeqWork(1, 40, True)])
-    assert step.seconds < 0.6 * step.launch_s
+    assert step.seconds < 0.75 * step.launch_s
     predicted = replay(cfg, 32, 200, 1, qps=0.001)[0]
     sim = start_sim("--model", "tiny")
     status, _ = asyncio.run(_stream(sim.url + "/v1/completions", {"prompt": "w " * 32, "max_tokens": 200,
