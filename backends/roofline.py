@@ -22,11 +22,12 @@ class EngineCostParams:
     # GPU time every step pays beyond its FLOPs and bytes: sampling, small kernels, gaps between graph pieces.
     # Fitted, with request_overhead_s, to vLLM 0.22.0 on an H100 (Llama-2-7B shape, 512 in / 128 out) on its
     # closed loop of one user, where TPOT is one decode step and TTFT one lone prefill plus the request latency
-    # (benchmarks/sim_validation.py; results/h100-sim-validation-paired.json has every other point's error).
-    step_overhead_s: float = 1.6e-3
-    # Latency from a request's arrival to the engine's intake plus its tokens' way back to the client (HTTP,
+    # (benchmarks/sim_validation.py, fourth session's runs: results/h100-sim-validation-fixed-pinned.json has every
+    # other point's error).
+    step_overhead_s: float = 1.5e-3
+    # Latency from a request's arrival to the engine's intake plus its first token's way back to the client (HTTP,
     # tokenization, the engine's input and output hops); fitted as above.
-    request_overhead_s: float = 9.0e-3
+    request_overhead_s: float = 11e-3
     # Fraction of datasheet HBM bandwidth decode attention achieves reading the paged KV cache: lower than a
     # weight stream's (many short sequences, block tables). Measured, not fitted: the micro-benchmark's decode
     # attention read 8 x 2,048 KV tokens at 0.70 and 32 x 2,048 at 0.77 of the H100's datasheet bandwidth
