@@ -1,7 +1,8 @@
 """The simulated engine against vLLM measured on the H100: fit documented constants on one load point, predict
 every other point, print the errors, write JSON.
 
-    python benchmarks/sim_validation.py --out results/h100-sim-validation-paired.json
+    python benchmarks/sim_validation.py --out results/h100-sim-validation-fixed-pinned.json
+    python benchmarks/sim_validation.py --no-fit --measured results/h100-vllm-serving-paired-a.json results/h100-vllm-serving-paired-b.json
     python benchmarks/sim_validation.py --fit poisson:8 --fit-frontend --lag 1 --out results/h100-sim-validation-frontend.json
 
 Measured values are loadgen's medians from the vllm_serving.py result files (points measured more than once are
@@ -31,10 +32,11 @@ sys.path.insert(0, str(ROOT))
 from backends.sim import build_config  # noqa: E402
 from backends.sim_replay import replay, summarize_replay  # noqa: E402
 
-# The paired runs (third session): loadgen replayed vLLM's client's send times, closed loops start every user at
-# once (earlier closed-loop runs made each prompt in the load path and so staggered the users' starts), and every
+# The fourth session's paired runs, made after loadgen stopped sending min_tokens to vLLM (its min-tokens logits
+# processor slows vLLM's engine), two fresh servers, the second with server and clients on separate cores. Every
 # loadgen run keeps its own send times for the replay. Earlier files: pass them with --measured.
-MEASURED = ["results/h100-vllm-serving-paired-a.json", "results/h100-vllm-serving-paired-b.json"]
+MEASURED = ["results/h100-vllm-serving-fixed-a.json", "results/h100-vllm-serving-fixed-b.json",
+            "results/h100-vllm-serving-pinned-a.json", "results/h100-vllm-serving-pinned-b.json"]
 SATURATED = {("poisson", 32.0), ("closed", 128.0)}  # vLLM's unthrottled capacity is ~30 req/s here
 
 
