@@ -36,9 +36,9 @@ class EngineCostParams:
     # The engine's CPU thread schedules a step and launches its kernels while the GPU still runs the step before
     # (vLLM's asynchronous scheduling), so this time is hidden behind the GPU unless it is the longer of the two.
     # Measured, not fitted, inside vLLM 0.22.0's engine core on the H100 (benchmarks/vllm_serving.py --step-trace;
-    # results/h100-vllm-step-trace.json, 36,672 steps). Means, not medians: the sim charges each step one fixed
+    # results/h100-vllm-step-trace.json, 36,505 steps; its launch_fits). Means, not medians: the sim charges each step one fixed
     # time, and what queues behind a step is its mean. A decode-only step (one CUDA graph replay) took
-    # 2.03 ms + 0.038 ms per sequence from the start of scheduling to the end of its launch, and processing its
+    # 2.04 ms + 0.040 ms per sequence from the start of scheduling to the end of its launch, and processing its
     # output 0.15 ms more.
     launch_s: float = 2.2e-3
     launch_per_seq_s: float = 0.04e-3
@@ -69,21 +69,22 @@ class EngineCostParams:
     dtype_bytes: int = BF16_BYTES
 
 
+def _launch_rates(work: "list[SeqWork]", params: EngineCostParams) -> tuple[float, float]:
+    """(CPU time per sequence, per decoder layer) of a step's launch: one graph replay for a decode-only step,
+    attention launched per layer between graph pieces for a step holding a prefill, every kernel per layer for a
+    step too large for a captured graph."""
+    if sum(w.new_tokens for w in work) > params.cuda_graph_max_tokens:
+        return params.launch_per_seq_s + params.eager_launch_per_seq_s, params.eager_layer_overhead_s
+    if any(w.new_tokens > 1 for w in work):
+        return params.launch_per_seq_s, params.piecewise_layer_s
+    return params.launch_per_seq_s, 0.0
+
+
 def launch_seconds(model: ModelSpec, work: "list[SeqWork]", params: EngineCostParams) -> float:
-    """CPU time to schedule and launch one step: one graph replay for a decode-only step, attention launched per
-    layer between graph pieces for a step holding a prefill, every kernel per layer for a step too large for a
-    captured graph."""
-    tokens = sum(w.new_tokens for w in work)
-    if tokens == 0:
+    """CPU time to schedule and launch one step (see _launch_rates)."""
+    if sum(w.new_tokens for w in work) == 0:
         return 0.0
-    per_seq = params.launch_per_seq_s
-    if tokens > params.cuda_graph_max_tokens:
-        per_layer = params.eager_layer_overhead_s
-        per_seq += params.eager_launch_per_seq_s
-    elif any(w.new_tokens > 1 for w in work):
-        per_layer = params.piecewise_layer_s
-    else:
-        per_layer = 0.0
+    per_seq, per_layer = _launch_rates(work, params)
     return params.launch_s + per_seq * len(work) + model.num_layers * per_layer
 
 
@@ -160,9 +161,9 @@ def iteration_cost(
 
 def with_launch(cost: IterationCost, model: ModelSpec, work: "list[SeqWork]", params: EngineCostParams) -> IterationCost:
     """The step's CPU side added to a GPU-side cost (the roofline's or a measured profile's)."""
-    launch = launch_seconds(model, work, params)
-    layered = launch > params.launch_s + params.launch_per_seq_s * len(work)
-    return replace(cost, launch_s=launch, tail_s=cost.seconds / model.num_layers if layered else 0.0)
+    layered = _launch_rates(work, params)[1] > 0
+    return replace(cost, launch_s=launch_seconds(model, work, params),
+                   tail_s=cost.seconds / model.num_layers if layered else 0.0)
 
 
 @dataclass(frozen=True)

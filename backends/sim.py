@@ -38,10 +38,10 @@ from scenarios.catalog import CatalogError, GPUSpec, ModelSpec, get_gpu, get_mod
 
 log = logging.getLogger("backends.sim")
 
-# The sim's tokenizer: one whitespace-separated word is one token. loadgen's prompt approximation
-# writes exactly one word per token, so both sides agree on input lengths without a real tokenizer.
 # The engine thread re-anchors its virtual clock when it is this far behind the real one.
 STALL_S = 0.02
+# The sim's tokenizer: one whitespace-separated word is one token. loadgen's prompt approximation
+# writes exactly one word per token, so both sides agree on input lengths without a real tokenizer.
 OUTPUT_WORDS = ("the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "on")
 
 

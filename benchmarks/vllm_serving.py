@@ -58,9 +58,9 @@ def loadgen_point(url: str, model: str, kind: str, value: float, n: int, args, o
            *load, "--num-requests", str(n), "--seed", str(seed), "--scrape-interval", "1s", "--output", str(out), "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=args.point_timeout)
+    t1 = time.perf_counter()
     # the run's window on CLOCK_MONOTONIC, which the server's step trace (--step-trace) shares
-    result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
-              "clock_window_s": [t0, time.perf_counter()]}
+    result = {"command": cmd, "returncode": proc.returncode, "wall_s": t1 - t0, "clock_window_s": [t0, t1]}
     if (out / "summary.json").exists():
         result["summary"] = json.loads((out / "summary.json").read_text())
         measured = [r for r in read_records(out / "requests.jsonl") if r.phase == "measured" and r.ok]
@@ -103,8 +103,8 @@ def vllm_bench_point(url: str, model: str, kind: str, value: float, n: int, args
     finally:
         scraper.terminate()  # SIGTERM: one final scrape, then exit
         scraper.wait(timeout=30)
-    result = {"command": cmd, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
-              "clock_window_s": [t0, time.perf_counter()],
+    t1 = time.perf_counter()
+    result = {"command": cmd, "returncode": proc.returncode, "wall_s": t1 - t0, "clock_window_s": [t0, t1],
               "server_metrics": summarize_server_metrics(read_server_metrics(out / "server_metrics.jsonl"))}
     (out / "vllm-bench.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
     path = out / "vllm-bench.json"
@@ -277,15 +277,16 @@ def main() -> int:
                     again = []
                     for k in range(1, args.replays):
                         runs += 1
-                        extra = loadgen_point(url, model, kind, value, n, args, out / f"{tag}-r{rep}-loadgen-replay{k}",
-                                              env, seed=args.seed + runs, trace=trace)
-                        es = extra.get("summary") or {}
+                        replay_run = loadgen_point(url, model, kind, value, n, args,
+                                                   out / f"{tag}-r{rep}-loadgen-replay{k}", env,
+                                                   seed=args.seed + runs, trace=trace)
+                        es = replay_run.get("summary") or {}
                         again.append({"ttft_p50_ms": (es.get("ttft_ms") or {}).get("p50"),
                                       "ttft_mean_ms": (es.get("ttft_ms") or {}).get("mean"),
                                       "tpot_p50_ms": (es.get("tpot_ms") or {}).get("p50"),
                                       "server_ttft_mean_ms": ((es.get("server_metrics") or {}).get("server_ttft_ms")
                                                               or {}).get("mean"),
-                                      "requests": extra.get("requests")})
+                                      "requests": replay_run.get("requests")})
                     point["loadgen_replays"] = again
                 point["medians"] = medians(point)
                 report["points"].append(point)
