@@ -112,3 +112,25 @@ def test_report_reads_launch_wait_and_gpu_time_by_hand():
     assert decode["steps"] == 3 and decode["launch_ms"] == 3.0 and decode["output_ms"] == 0.5
     assert decode["gpu_ms"] == 6.0 and decode["gpu_readable_steps"] == 1  # step 2: 13 - max(7, 4) ms
     assert eager["launch_ms"] == 20.0 and eager["wait_ms"] == 0.0 and eager["gpu_ms"] is None
+
+
+def test_launch_fits_are_means_by_sequences_without_warm_up(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from step_trace_report import launch_fits, write_csv
+
+    def step(t, launch, requests, update=0.0002):
+        return {"schedule": [t, t + 0.0005], "execute": [t + 0.0005, t + launch - 0.0001], "sample": [t + launch - 0.0001, t + launch],
+                "wait": [t + launch, t + launch + 0.001], "update": [t + 0.01, t + 0.01 + update], "requests": requests,
+                "tokens": requests, "multi_token_requests": 0, "new_requests": 0, "new_tokens": 0}
+
+    # launch = 2.8 ms + 0.1 ms per sequence; a 0.5 s launch (a warm-up compile) is left out
+    steps = [step(1.0, 0.0030, 2), step(1.1, 0.0032, 4), step(1.2, 0.0030, 2, update=0.0004), step(0.5, 0.5, 3)]
+    fit = launch_fits(steps)["decode only"]
+    assert fit["steps"] == 3 and fit["launch_intercept_ms"] == 2.8 and fit["launch_per_sequence_ms"] == 0.1
+    assert fit["mean_launch_ms"] == 3.067 and fit["mean_output_ms"] == 0.267
+    path = tmp_path / "steps.csv.gz"
+    write_csv(steps, path)
+    import gzip
+
+    lines = gzip.open(path, "rt").read().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("schedule_start_s,") and lines[1].startswith("0.50000,")
