@@ -22,6 +22,7 @@ class ReplayedRequest:
     e2el_s: float
     output_tokens: int
     before_inference_s: float = 0.0  # sent until first scheduled (vLLM's e2e - inference, plus the client's hop)
+    input_tokens: int = 0
 
     @property
     def tpot_s(self) -> float | None:
@@ -30,10 +31,12 @@ class ReplayedRequest:
 
 def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int, qps: float | None = None,
            concurrency: int | None = None, seed: int = 0,
-           send_times: list[float] | None = None) -> list[ReplayedRequest]:
+           send_times: list[float] | None = None,
+           lengths: list[tuple[int, int]] | None = None) -> list[ReplayedRequest]:
     """Poisson arrivals at `qps`, requests sent at `send_times` (a measured run's own schedule, so that the
     prediction meets the same arrivals as the measurement), or a closed loop of `concurrency` users that all start
-    at once; fixed lengths.
+    at once. Every request is `input_len` in / `output_len` out unless `lengths` gives (input, output) per request,
+    in send order (a workload drawn from a distribution; request k takes lengths[k % len(lengths)]).
 
     As in the live sim: a request passes the front end and reaches the engine `request_overhead_s` later; the
     engine steps on StepPipeline's clocks (the next step is scheduled and launched while the GPU runs the one
@@ -41,6 +44,11 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
     the first step boundary after it arrived (`scheduling_lag_steps` later on a busy engine)."""
     if sum(x is not None for x in (qps, concurrency, send_times)) != 1:
         raise ValueError("give one of qps, concurrency, send_times")
+    if lengths is not None and not lengths:
+        raise ValueError("lengths, when given, needs at least one (input, output) pair")
+
+    def length_of(i: int) -> tuple[int, int]:
+        return lengths[i % len(lengths)] if lengths is not None else (input_len, output_len)
     cost = config.cost
     plan = memory_plan(config.model, config.gpu, config.tp, config.gpu_memory_utilization)
     sched = ContinuousBatchScheduler(plan.kv_capacity_tokens, config.block_size, config.max_num_seqs,
@@ -84,7 +92,7 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
         lag.boundary(sched)
         while at_engine and at_engine[0][0] <= now:
             _, i = heapq.heappop(at_engine)
-            lag.arrive(sched, SimRequest(str(i), input_len, output_len))
+            lag.arrive(sched, SimRequest(str(i), *length_of(i)))
         if in_flight is None and not sched.has_work:
             if lag.waiting:
                 continue
@@ -107,8 +115,8 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
                 i = int(event.rid)
                 first.setdefault(i, shown)
                 if event.finished:
-                    done.append(ReplayedRequest(sent[i], first[i] - sent[i], shown - sent[i], output_len,
-                                                scheduled_at[i] - sent[i]))
+                    done.append(ReplayedRequest(sent[i], first[i] - sent[i], shown - sent[i], length_of(i)[1],
+                                                scheduled_at[i] - sent[i], length_of(i)[0]))
                     if concurrency is not None and next_index < num_requests:
                         sent[next_index] = shown
                         heapq.heappush(arrivals, (shown, next_index))
@@ -118,10 +126,17 @@ def replay(config: SimConfig, input_len: int, output_len: int, num_requests: int
 
 
 def summarize_replay(done: list[ReplayedRequest]) -> dict:
+    """Percentiles as loadgen's metrics take them (numpy's linear interpolation) and throughput over the window
+    from the first send to the last finish, so a replay and a measured summary compare key for key."""
     ttft = np.array([r.ttft_s for r in done]) * 1e3
     tpot = np.array([r.tpot_s for r in done if r.tpot_s is not None]) * 1e3
-    window = max(r.arrival_s + r.e2el_s for r in done) - min(r.arrival_s for r in done)
-    return {"ttft_p50_ms": float(np.median(ttft)), "ttft_mean_ms": float(ttft.mean()),
+    e2el = np.array([r.e2el_s for r in done]) * 1e3
+    start = min(r.arrival_s for r in done)
+    window = max(r.arrival_s + r.e2el_s for r in done) - start
+    return {"ttft_p50_ms": float(np.median(ttft)), "ttft_p90_ms": float(np.percentile(ttft, 90)),
+            "ttft_mean_ms": float(ttft.mean()),
             "before_inference_mean_ms": float(np.mean([r.before_inference_s for r in done]) * 1e3),
-            "tpot_p50_ms": float(np.median(tpot)), "e2el_p50_ms": float(np.median([r.e2el_s * 1e3 for r in done])),
-            "output_tok_s": sum(r.output_tokens for r in done) / window}
+            "tpot_p50_ms": float(np.median(tpot)), "tpot_p90_ms": float(np.percentile(tpot, 90)),
+            "e2el_p50_ms": float(np.median(e2el)),
+            "output_tok_s": sum(r.output_tokens for r in done) / window,
+            "requests_per_s": len(done) / window}
