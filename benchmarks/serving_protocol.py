@@ -34,6 +34,9 @@ from sim_predictions import (CAPACITY_REQUESTS, CAPACITY_USERS, CAPACITY_WARMUP,
                              CONFIGS, ENGINE, MAX_CONTEXT, POISSON_FRACTIONS, poisson_requests)
 from vllm_serving import start_server  # noqa: E402
 
+from loadgen.metrics import tpot_ms, ttft_ms  # noqa: E402
+from loadgen.records import read_records  # noqa: E402
+
 DEFAULT_STEPS = ["capacity", *(f"p{f:g}" for f in POISSON_FRACTIONS), *(f"c{u}" for u in CLOSED_SECONDS)]
 
 
@@ -52,6 +55,13 @@ def run_point(argv: list[str], out: Path, env: dict, timeout: float) -> dict:
     summary = out / "summary.json"
     if summary.exists():
         result["summary"] = json.loads(summary.read_text())
+        # every measured request's send time, lengths and latencies: a prediction can replay exactly these
+        # arrivals and lengths (benchmarks/sim_score.py), and every percentile can be recomputed
+        measured = [r for r in read_records(out / "requests.jsonl") if r.phase == "measured" and r.ok]
+        result["requests_fields"] = ["sent_s", "input_tokens", "output_tokens", "ttft_ms", "tpot_ms", "e2el_ms"]
+        result["requests"] = [[round(r.sent_s, 5), r.input_tokens, r.output_tokens, round(ttft_ms(r), 3),
+                               None if (t := tpot_ms(r)) is None else round(t, 4),
+                               round((r.finished_s - r.sent_s) * 1e3, 3)] for r in measured]
     else:
         result["stderr"] = proc.stderr[-3000:]
     return result

@@ -93,7 +93,7 @@ def predict_poisson(sim, cfg: ServingConfig, rate: float, seed: int) -> dict:
     out = summarize_replay(replay(sim, 0, 0, n, qps=rate, seed=seed, lengths=lengths))
     out["requests"] = n
     out["offered_per_s"] = rate
-    out["kept_up"] = out["requests_per_s"] >= KEEP_UP * rate
+    out["kept_up"] = bool(out["requests_per_s"] >= KEEP_UP * rate)
     return out
 
 
