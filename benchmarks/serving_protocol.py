@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sim_predictions import (CAPACITY_REQUESTS, CAPACITY_USERS, CAPACITY_WARMUP, CLOSED_SECONDS,  # noqa: E402
-                             CONFIGS, ENGINE, MAX_CONTEXT, POISSON_FRACTIONS, poisson_requests)
+from sim_predictions import (CAPACITY_SECONDS, CAPACITY_USERS, CLOSED_SECONDS, CONFIGS, ENGINE,  # noqa: E402
+                             MAX_CONTEXT, POISSON_FRACTIONS, completion_rate, poisson_requests)
 from vllm_serving import start_server  # noqa: E402
 
 from loadgen.metrics import tpot_ms, ttft_ms  # noqa: E402
@@ -129,8 +129,7 @@ def main() -> int:
         for k, step in enumerate(args.steps.split(",")):
             seed = args.seed + len(report["points"]) + k
             if step == "capacity":
-                load = ["--concurrency", str(CAPACITY_USERS), "--num-requests", str(CAPACITY_REQUESTS),
-                        "--warmup", str(CAPACITY_WARMUP)]
+                load = ["--concurrency", str(CAPACITY_USERS), "--duration", f"{CAPACITY_SECONDS:g}s"]
                 point = {"kind": "capacity", "users": CAPACITY_USERS}
             elif step.startswith("p"):
                 capacity = report.get("measured_capacity_per_s")
@@ -150,7 +149,9 @@ def main() -> int:
                                    args.point_timeout))
             s = point.get("summary") or {}
             if step == "capacity" and s:
-                report["measured_capacity_per_s"] = s["throughput"]["requests_per_s"]
+                first = min(r[0] for r in point["requests"])
+                report["measured_capacity_per_s"] = completion_rate([r[0] + r[5] / 1e3 - first
+                                                                     for r in point["requests"]])
             report["points"].append(point)
             report_path.write_text(json.dumps(report, indent=1))
             if s:
