@@ -304,9 +304,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
                 search = await find_max_rate(evaluate, args.start_qps, args.max_qps, args.precision)
                 search.update(slo=args.until_slo, **criteria)
-                search.update(saturation(
-                    search, {r: judge(e["summary"], args.slo_fraction, args.rate_tolerance) for r, e in found.items()},
-                    {r: (e["summary"].get("pace") or {}).get("achieved_per_s") for r, e in found.items()}))
+                search.update(saturation(search, found))
                 write_json(base / "sweep.json", _sweep_json(opts, endpoint.simulated, points, search, criteria))
                 return search
             for q in qps_points or []:

@@ -13,7 +13,7 @@ from loadgen import plots, timeseries
 from loadgen.compare import RunData, comparison_rows, format_rows, load_run
 from loadgen.errors import LoadgenError
 from loadgen.metrics import e2el_ms, itl_ms, tpot_ms, ttft_ms
-from loadgen.pace import RATE_TOLERANCE, judge, pace
+from loadgen.pace import RATE_TOLERANCE, judge, kept_up, pace
 from loadgen.records import RequestRecord, read_records
 from loadgen.report import COLUMNS, METRICS
 from loadgen.server_metrics import read_server_metrics
@@ -82,6 +82,7 @@ def summary_section(summary: dict) -> str:
         ("throughput", f"{_fmt(t['requests_per_s'])} req/s, {_fmt(t['output_tokens_per_s'])} output tok/s, "
                        f"{_fmt(t['total_tokens_per_s'])} total tok/s"),
         ("goodput", summary.get("goodput")),
+        ("keeping up", kept_up(summary["pace"])[1] if summary.get("pace") else None),
         ("send lateness (ms)", summary.get("lateness_ms")),
         ("prompt lengths", summary.get("prompt_source")),
         ("energy", summary.get("energy")),

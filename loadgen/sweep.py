@@ -99,18 +99,18 @@ async def find_max_rate(
             "converged": good is not None and (bad is None or (bad - good) / good <= precision)}
 
 
-def saturation(search: dict, verdicts: dict[float, Verdict], achieved: dict[float, float | None]) -> dict:
-    """What the search found: the saturation rate, the rate the server completed there, and which criterion
-    bounded it (the failing point just above: the SLO, the server falling behind, or both; --max-qps when none
-    failed)."""
+def saturation(search: dict, points: dict[float, dict]) -> dict:
+    """What the search found, from its points by rate (sweep entries with "verdict" and "summary"): the
+    saturation rate, the rate the server completed there, and which criterion bounded it (the failing point
+    just above: the SLO, the server falling behind, or both; --max-qps when none failed)."""
     best, bad = search["highest_meeting"], search["lowest_failing"]
-    bound = verdicts[bad] if bad is not None else None
+    bound = points[bad]["verdict"] if bad is not None else None
     return {
         "saturation_rate": best,
-        "achieved_rate": achieved.get(best) if best is not None else None,
-        "bounded_by": (bound.bounded_by or ["slo"]) if bound is not None else ["max_qps"],
+        "achieved_rate": (points[best]["summary"].get("pace") or {}).get("achieved_per_s") if best is not None else None,
+        "bounded_by": bound["failed"] if bound is not None else ["max_qps"],
         "bound_at": bad,
-        "bound_reasons": list(bound.reasons) if bound is not None else [],
+        "bound_reasons": bound["reasons"] if bound is not None else [],
     }
 
 

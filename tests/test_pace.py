@@ -127,15 +127,15 @@ def _summary(records, slo=None):
 
 def test_saturation_says_which_criterion_bounded_it():
     good, behind = _summary(steady(10, 30, 1.0)), _summary(fifo(20, 10, 30))
-    search = {"highest_meeting": 10.0, "lowest_failing": 20.0}
-    result = saturation(search, {10.0: judge(good, 0.9), 20.0: judge(behind, 0.9)},
-                        {10.0: good["pace"]["achieved_per_s"], 20.0: behind["pace"]["achieved_per_s"]})
+    found = {10.0: {"summary": good, "verdict": judge(good, 0.9).to_json()},
+             20.0: {"summary": behind, "verdict": judge(behind, 0.9).to_json()}}
+    result = saturation({"highest_meeting": 10.0, "lowest_failing": 20.0}, found)
     assert result["saturation_rate"] == 10 and result["achieved_rate"] == pytest.approx(10, rel=0.01)
     assert result["bounded_by"] == ["fell behind"] and result["bound_at"] == 20
     text = saturation_text(result, "ttft:60s", 0.9, 0.05)
     assert "10 req/s offered (10 req/s completed)" in text and "kept up (within 5%)" in text
     assert "bounded by: at 20 req/s the server fell behind" in text
-    top = saturation({"highest_meeting": 10.0, "lowest_failing": None}, {10.0: judge(good, 0.9)}, {10.0: 10.0})
+    top = saturation({"highest_meeting": 10.0, "lowest_failing": None}, {10.0: found[10.0]})
     assert top["bounded_by"] == ["max_qps"] and "--max-qps" in saturation_text(top, "ttft:60s", 0.9, 0.05)
     points = [{"label": "qps 10", "summary": good}, {"label": "qps 20", "summary": behind}]
     table = sweep_table(points, True, 0.9, 0.05)
