@@ -116,15 +116,15 @@ def saturation(search: dict, points: dict[float, dict]) -> dict:
 
 def saturation_text(result: dict, slo: str, fraction: float, tolerance: float) -> str:
     best, bad = result["saturation_rate"], result["bound_at"]
-    criteria = f"the server kept up (within {tolerance:.0%}) and {fraction:.0%} of requests met {slo}"
+    criteria = f"{fraction:.0%} of requests met {slo} and the server kept up (within {tolerance:.0%})"
     if best is None:
-        head = f"saturation point: no rate tried has {criteria}"
+        head = f"saturation point: none; no rate tried had {criteria}"
     else:
         got = result["achieved_rate"]
         head = (f"saturation point: {best:.3g} req/s offered ({'-' if got is None else f'{got:.3g}'} req/s completed) "
                 f"is the highest rate where {criteria}")
     if bad is None:
-        return head + "\nbounded by: --max-qps (every rate tried met both)"
+        return head + "\nbounded by: --max-qps (every rate tried met the SLO)"
     return head + f"\nbounded by: at {bad:.3g} req/s " + "; ".join(result["bound_reasons"])
 
 
@@ -137,10 +137,11 @@ SWEEP_HEADERS = ["load", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50
                  "SLO met", "kept up", "ok"]
 
 
-def _kept_up_cell(v: Verdict) -> str:
+def _kept_up_cell(v: Verdict, p: dict | None) -> str:
+    """yes/no with the completion rate's difference from the arrival rate while requests arrived."""
     if v.kept_up is None:
         return "too short" if "too short" in v.bounded_by else "-"
-    return "yes" if v.kept_up else "no"
+    return f"{'yes' if v.kept_up else 'no'} ({p['achieved_per_s'] / p['offered_per_s'] - 1:+.0%})"
 
 
 def sweep_rows(points: list[dict], slo_fraction: float, tolerance: float) -> list[list]:
@@ -158,7 +159,7 @@ def sweep_rows(points: list[dict], slo_fraction: float, tolerance: float) -> lis
             _ms(s["tpot_ms"], "p50"), _ms(s["tpot_ms"], "p99"),
             _ms(s["e2el_ms"], "p50"),
             "-" if g.get("fraction") is None else f"{g['fraction']:.0%}",
-            _kept_up_cell(v),
+            _kept_up_cell(v, s.get("pace")),
             s["requests"]["completed"],
         ])
     return rows

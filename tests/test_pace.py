@@ -133,11 +133,13 @@ def test_saturation_says_which_criterion_bounded_it():
     assert result["saturation_rate"] == 10 and result["achieved_rate"] == pytest.approx(10, rel=0.01)
     assert result["bounded_by"] == ["fell behind"] and result["bound_at"] == 20
     text = saturation_text(result, "ttft:60s", 0.9, 0.05)
-    assert "10 req/s offered (10 req/s completed)" in text and "kept up (within 5%)" in text
+    assert "10 req/s offered (10 req/s completed) is the highest rate where 90% of requests met ttft:60s and the " \
+        "server kept up (within 5%)" in text
     assert "bounded by: at 20 req/s the server fell behind" in text
     top = saturation({"highest_meeting": 10.0, "lowest_failing": None}, {10.0: found[10.0]})
     assert top["bounded_by"] == ["max_qps"] and "--max-qps" in saturation_text(top, "ttft:60s", 0.9, 0.05)
     points = [{"label": "qps 10", "summary": good}, {"label": "qps 20", "summary": behind}]
     table = sweep_table(points, True, 0.9, 0.05)
     assert "kept up" in table.splitlines()[1] and "qps 20 fails: the server fell behind" in table
+    assert "yes (+0%)" in table and "no (-50%)" in table
     assert "qps 10 fails" not in table

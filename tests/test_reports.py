@@ -79,7 +79,7 @@ def test_sweep_report_crosses_out_a_point_where_the_server_fell_behind(tmp_path,
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
     assert "pace" not in sweep["points"][0]  # an older sweep: pace comes from each point's requests.jsonl
     html = html_report.sweep_report(sweep_dir, sweep)
-    assert "saturation" not in html and html.count(">yes<") == 2  # both kept up
+    assert "saturation" not in html and html.count(">yes (") == 2  # both kept up
     sweep["points"][-1]["pace"] = BEHIND  # the 20 req/s point still meets the SLO fraction, but fell behind
     calls = []
     real = plots.sweep_curves
