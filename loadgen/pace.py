@@ -127,7 +127,7 @@ class Verdict:
     pace_note: str = ""  # the keeping-up facts, also when it meets
 
     @property
-    def bounded_by(self) -> list[str]:
+    def failed(self) -> list[str]:
         """The criteria this point failed: 'slo', 'fell behind', 'too short'."""
         out = []
         if self.slo_met is False:
@@ -139,7 +139,7 @@ class Verdict:
         return out
 
     def to_json(self) -> dict:
-        return {"meets": self.meets, "slo_met": self.slo_met, "kept_up": self.kept_up, "failed": self.bounded_by,
+        return {"meets": self.meets, "slo_met": self.slo_met, "kept_up": self.kept_up, "failed": self.failed,
                 "reasons": list(self.reasons), "pace": self.pace_note}
 
 
@@ -157,7 +157,8 @@ def judge(summary: dict, slo_fraction: float, tolerance: float = RATE_TOLERANCE)
             got = "no measured request" if frac is None else f"only {frac:.0%} of requests"
             reasons.append(f"{got} met {slo_text(g['slo_ms'])} (needs {slo_fraction:.0%})")
     ok, note = kept_up(summary.get("pace"), tolerance) if "pace" in summary else (None, "")
-    if ok is False or (ok is None and note):
+    cannot_tell = ok is None and bool(note)
+    if ok is False or cannot_tell:
         reasons.append(note)
-    meets = slo_met is not False and ok is not False and not (ok is None and note)
+    meets = slo_met is not False and ok is not False and not cannot_tell
     return Verdict(meets, slo_met, ok, tuple(reasons), note)

@@ -140,7 +140,7 @@ SWEEP_HEADERS = ["load", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50
 def _kept_up_cell(v: Verdict, p: dict | None) -> str:
     """yes/no with the completion rate's difference from the arrival rate while requests arrived."""
     if v.kept_up is None:
-        return "too short" if "too short" in v.bounded_by else "-"
+        return "too short" if "too short" in v.failed else "-"
     return f"{'yes' if v.kept_up else 'no'} ({p['achieved_per_s'] / p['offered_per_s'] - 1:+.0%})"
 
 

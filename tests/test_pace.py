@@ -49,7 +49,7 @@ def test_a_point_that_meets_the_slo_fraction_while_falling_behind_fails():
     assert p["offered_per_s"] == pytest.approx(20, rel=0.02) and p["achieved_per_s"] == pytest.approx(10, rel=0.02)
     assert p["in_flight_end"] - p["in_flight_start"] == pytest.approx(10 * 27, rel=0.1)  # 10/s over ~27 s
     v = judge(s, 0.9)
-    assert not v.meets and v.slo_met is True and v.kept_up is False and v.bounded_by == ["fell behind"]
+    assert not v.meets and v.slo_met is True and v.kept_up is False and v.failed == ["fell behind"]
     assert len(v.reasons) == 1 and "fell behind" in v.reasons[0] and "20 req/s arrived" in v.reasons[0]
     assert any("fell behind" in w for w in s["warnings"])  # `loadgen run` says so too
 
@@ -60,7 +60,7 @@ def test_the_issue_case_a_batch_absorbing_a_short_burst_is_not_a_pass():
     records = [rec(i, i / 1000, 2.9 + i / 1000) for i in range(100)]
     s = summarize(records, {"ttft": 1000})
     v = judge(s, 0.9)
-    assert v.slo_met is True and not v.meets and v.bounded_by == ["too short"]
+    assert v.slo_met is True and not v.meets and v.failed == ["too short"]
     assert "too short to tell" in v.reasons[0] and "100 requests" in v.reasons[0]
 
 
@@ -105,7 +105,7 @@ def test_closed_loop_and_missing_pace_are_judged_on_the_slo_alone():
     assert judge(old, 0.9).meets  # written before pace was recorded: the SLO fraction alone
     bad = summarize(closed, {"ttft": 10})
     v = judge(bad, 0.9)
-    assert not v.meets and v.bounded_by == ["slo"] and "only 0% of requests met ttft:10ms (needs 90%)" in v.reasons
+    assert not v.meets and v.failed == ["slo"] and "only 0% of requests met ttft:10ms (needs 90%)" in v.reasons
 
 
 def test_point_size_by_time_unless_given():
