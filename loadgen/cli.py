@@ -17,6 +17,7 @@ from loadgen.errors import LoadgenError
 from loadgen.execute import record_failed_start, run_point
 from loadgen.launch import backend_name, open_endpoint, sim_config
 from loadgen.options import (
+    DEFAULTS,
     add_run_arguments,
     duration,
     build_workload,
@@ -31,7 +32,8 @@ from loadgen.prompts import HFTokenizer
 from loadgen.report import format_summary
 from loadgen.rundir import create_run_dir, slug, write_json
 from loadgen.slo import parse_slo
-from loadgen.sweep import find_max_rate, meets, sweep_table
+from loadgen.pace import RATE_TOLERANCE, judge
+from loadgen.sweep import find_max_rate, point_size, saturation, saturation_text, sweep_table
 from scenarios.catalog import CatalogError, get_model, list_gpus, list_models
 from scenarios.scenario import list_scenarios, load_scenario
 
@@ -64,6 +66,9 @@ def build_parser() -> Parser:
     s.add_argument("--max-qps", type=positive_float, default=1024.0, help="highest QPS the search tries (default 1024)")
     s.add_argument("--precision", type=positive_float, default=0.05,
                    help="stop when the bracket is narrower than this, relative (default 0.05)")
+    s.add_argument("--rate-tolerance", type=positive_float, default=RATE_TOLERANCE,
+                   help="a point meets the SLO only if the server kept up: completed at least 1 minus this of the "
+                        f"rate at which requests arrived, its queue not growing (default {RATE_TOLERANCE:g})")
     sweep.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="write report.html (and plots) for a run or sweep directory",
@@ -250,36 +255,57 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise LoadgenError("give points to sweep: --qps 1,2,4,8 or --concurrency 1,4,16,64, or --until-slo ttft:1s")
     if opts.arrival == "trace":
         raise LoadgenError("a sweep varies QPS or concurrency; --arrival trace replays fixed times (use loadgen run)")
+    if not 0 < args.rate_tolerance < 1:
+        raise LoadgenError("--rate-tolerance must be in (0, 1), e.g. 0.05")
+    # Points are sized by time unless the command line or the scenario sized them.
+    given = {k: getattr(opts, k) if getattr(args, k) is not None or getattr(opts, k) != DEFAULTS[k][0] else None
+             for k in ("num_requests", "duration", "warmup")}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = create_run_dir(opts.output or f"results/{stamp}-sweep-{slug(backend)}-{slug(Path(model_label).name)}",
                           backend, model_label)
     points: list[dict] = []
+    criteria = {"slo_fraction": args.slo_fraction, "rate_tolerance": args.rate_tolerance}
 
     async def go() -> dict | None:
         async with open_endpoint(opts, config, base, headers) as endpoint:
+            batch = (endpoint.info.get("sim") or {}).get("max_num_seqs")
+
             async def point(qps: float | None = None, concurrency: int | None = None) -> dict:
                 label = f"qps {qps:g}" if qps is not None else f"concurrency {concurrency}"
                 run_dir = base / (f"qps-{qps:g}" if qps is not None else f"concurrency-{concurrency}")
                 run_dir.mkdir(exist_ok=True)
+                size = point_size(qps, concurrency, given["num_requests"], given["duration"], given["warmup"], batch)
+                if size.warning:
+                    print(f"warning: {size.warning}", file=sys.stderr)
+                sized = argparse.Namespace(**{**vars(opts), "num_requests": size.num_requests,
+                                              "duration": size.duration_s, "warmup": size.warmup})
                 workload = build_workload(opts, endpoint.max_context, tokenizer)  # same seeded requests each point
-                summary, interrupted = await run_point(endpoint, opts, load_plan(opts, qps, concurrency), workload,
+                summary, interrupted = await run_point(endpoint, opts, load_plan(sized, qps, concurrency), workload,
                                                        run_dir, headers, tokenizer.count if tokenizer else None,
                                                        label=label)
+                verdict = judge(summary, args.slo_fraction, args.rate_tolerance)
                 entry = {"label": label, "qps": qps, "concurrency": concurrency, "run_dir": str(run_dir),
-                         "summary": summary}
+                         "summary": summary, "verdict": verdict.to_json()}
                 points.append(entry)
-                write_json(base / "sweep.json", _sweep_json(opts, endpoint.simulated, points, None))
+                write_json(base / "sweep.json", _sweep_json(opts, endpoint.simulated, points, None, criteria))
+                if not opts.quiet:
+                    print(f"{label}: " + ("meets" if verdict.meets else "fails: " + "; ".join(verdict.reasons)),
+                          file=sys.stderr)
                 if interrupted:
                     raise KeyboardInterrupt
                 return entry
 
             if args.until_slo:
+                found: dict[float, dict] = {}
+
                 async def evaluate(rate: float) -> bool:
-                    return meets((await point(qps=rate))["summary"], args.slo_fraction)
+                    found[rate] = await point(qps=rate)
+                    return found[rate]["verdict"]["meets"]
 
                 search = await find_max_rate(evaluate, args.start_qps, args.max_qps, args.precision)
-                search.update(slo=args.until_slo, slo_fraction=args.slo_fraction)
-                write_json(base / "sweep.json", _sweep_json(opts, endpoint.simulated, points, search))
+                search.update(slo=args.until_slo, **criteria)
+                search.update(saturation(search, found))
+                write_json(base / "sweep.json", _sweep_json(opts, endpoint.simulated, points, search, criteria))
                 return search
             for q in qps_points or []:
                 await point(qps=float(q))
@@ -296,12 +322,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep interrupted after {len(points)} point(s); results in {base}", file=sys.stderr)
         return 130
     simulated = config is not None
-    text = sweep_table(sorted(points, key=lambda p: (p["qps"] or 0, p["concurrency"] or 0)), simulated)
+    text = sweep_table(sorted(points, key=lambda p: (p["qps"] or 0, p["concurrency"] or 0)), simulated,
+                       args.slo_fraction, args.rate_tolerance)
     if search is not None:
-        best = search["highest_meeting"]
-        text += ("\n\nsaturation point: " + (f"{best:.3g} req/s is the highest rate where "
-                                              f"{args.slo_fraction:.0%} of requests meet {args.until_slo}"
-                                              if best is not None else f"no rate tried meets {args.until_slo}"))
+        text += "\n\n" + saturation_text(search, args.until_slo, args.slo_fraction, args.rate_tolerance)
     text += f"\nresults: {base}"
     result = json.loads((base / "sweep.json").read_text())
     _print_result(opts, result, text, base)
@@ -312,11 +336,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_json(opts: argparse.Namespace, simulated: bool, points: list[dict], search: dict | None) -> dict:
-    keep = ("requests", "throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "goodput", "lateness_ms")
+def _sweep_json(opts: argparse.Namespace, simulated: bool, points: list[dict], search: dict | None,
+                criteria: dict) -> dict:
+    keep = ("requests", "throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "goodput", "lateness_ms", "pace")
     return {
         "simulated": simulated,
         "scenario": opts.scenario_name,
+        **criteria,
         "points": [{k: v for k, v in p.items() if k != "summary"} | {k: p["summary"].get(k) for k in keep}
                    for p in points],
         "search": search,

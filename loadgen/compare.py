@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen.errors import LoadgenError
+from loadgen.pace import RATE_TOLERANCE, judge, kept_up, pace
 from loadgen.records import RequestRecord, read_records
 
 # (label, path into summary.json); lower is better for latencies, higher for throughput
@@ -18,7 +19,10 @@ COMPARED = (
     ("requests/s", ("throughput", "requests_per_s")), ("output tok/s", ("throughput", "output_tokens_per_s")),
     ("total tok/s", ("throughput", "total_tokens_per_s")), ("goodput fraction", ("goodput", "fraction")),
     ("completed", ("requests", "completed")), ("failed", ("requests", "failed")),
+    ("offered req/s (while arriving)", ("pace", "offered_per_s")),
+    ("completed req/s (while arriving)", ("pace", "achieved_per_s")),
 )
+SLO_FRACTION = 0.9  # sweep's --slo-fraction default: the share of requests that must meet the SLO
 WORKLOAD_KEYS = ("source", "input_len", "output_len", "path", "format", "multi_turn", "prefix_groups", "prefix_len",
                  "turns", "seed", "prompt_source")
 LOAD_KEYS = ("mode", "arrival", "qps", "burstiness", "concurrency", "num_requests", "duration_s", "warmup", "time_scale")
@@ -40,6 +44,12 @@ class RunData:
 
     def records(self) -> list[RequestRecord]:
         return read_records(self.path / "requests.jsonl")
+
+    def with_pace(self) -> dict:
+        """The summary, with "pace" computed from requests.jsonl for a run written before it was recorded."""
+        if "pace" in self.summary or not (self.path / "requests.jsonl").is_file():
+            return self.summary
+        return {**self.summary, "pace": pace(self.records())}
 
 
 def load_run(path: str | Path) -> RunData:
@@ -94,11 +104,30 @@ def relative(value: float | None, base: float | None) -> float | None:
     return (value - base) / base
 
 
+def _kept_up_cell(summary: dict) -> str:
+    ok, why = kept_up(summary.get("pace"))
+    if ok is None:
+        return "too short" if why else "-"
+    return "yes" if ok else "no (fell behind)"
+
+
+def _meets_cell(summary: dict) -> str:
+    if summary.get("goodput") is None:
+        return "-"
+    return "yes" if judge(summary, SLO_FRACTION).meets else "no"
+
+
 def comparison_rows(runs: list[RunData]) -> list[dict]:
+    """Numeric rows with relative differences, then the verdicts a sweep would give each run (the same
+    criterion as `loadgen sweep`: the SLO fraction, and the server keeping up with the offered load)."""
+    summaries = [r.with_pace() for r in runs]
     rows = []
     for label, path in COMPARED:
-        values = [_get(r.summary, path) for r in runs]
+        values = [_get(s, path) for s in summaries]
         rows.append({"metric": label, "values": values, "relative": [relative(v, values[0]) for v in values]})
+    for label, cell in ((f"kept up (within {RATE_TOLERANCE:.0%})", _kept_up_cell),
+                        (f"meets SLO ({SLO_FRACTION:.0%} and kept up)", _meets_cell)):
+        rows.append({"metric": label, "values": [cell(s) for s in summaries], "relative": [None] * len(runs)})
     return rows
 
 
@@ -107,7 +136,7 @@ def format_rows(runs: list[RunData], rows: list[dict]) -> list[list[str]]:
     for row in rows:
         cells = [row["metric"]]
         for i, (v, rel) in enumerate(zip(row["values"], row["relative"])):
-            text = "-" if v is None else f"{v:,.2f}"
+            text = "-" if v is None else v if isinstance(v, str) else f"{v:,.2f}"
             if i and rel is not None:
                 text += f" ({rel:+.1%})"
             cells.append(text)

@@ -13,7 +13,8 @@ from loadgen import plots, timeseries
 from loadgen.compare import RunData, comparison_rows, format_rows, load_run
 from loadgen.errors import LoadgenError
 from loadgen.metrics import e2el_ms, itl_ms, tpot_ms, ttft_ms
-from loadgen.records import RequestRecord
+from loadgen.pace import RATE_TOLERANCE, judge, kept_up, pace
+from loadgen.records import RequestRecord, read_records
 from loadgen.report import COLUMNS, METRICS
 from loadgen.server_metrics import read_server_metrics
 from loadgen.telemetry import read_gpu_samples
@@ -81,6 +82,7 @@ def summary_section(summary: dict) -> str:
         ("throughput", f"{_fmt(t['requests_per_s'])} req/s, {_fmt(t['output_tokens_per_s'])} output tok/s, "
                        f"{_fmt(t['total_tokens_per_s'])} total tok/s"),
         ("goodput", summary.get("goodput")),
+        ("keeping up", kept_up(summary["pace"])[1] if summary.get("pace") else None),
         ("send lateness (ms)", summary.get("lateness_ms")),
         ("prompt lengths", summary.get("prompt_source")),
         ("energy", summary.get("energy")),
@@ -180,19 +182,29 @@ def _server_metrics(path: Path, origin_ns: int | None) -> tuple[np.ndarray, dict
     return x, {n: np.array([r["values"].get(n, np.nan) for r in rows]) for n in names}
 
 
+def _with_pace(sweep_dir: Path, point: dict) -> dict:
+    """A point of a sweep written before "pace" was recorded gets it from its own requests.jsonl."""
+    if "pace" in point:
+        return point
+    path = sweep_dir / Path(point.get("run_dir", "")).name / "requests.jsonl"
+    return {**point, "pace": pace(read_records(path))} if path.is_file() else point
+
+
 def sweep_report(sweep_dir: Path, sweep: dict) -> str:
-    from loadgen.sweep import sweep_rows
+    from loadgen.sweep import SWEEP_HEADERS, sweep_rows
 
     sim = bool(sweep.get("simulated"))
-    points = sorted(sweep["points"], key=lambda p: (p.get("qps") or 0, p.get("concurrency") or 0))
+    fraction, tolerance = sweep.get("slo_fraction", 0.9), sweep.get("rate_tolerance", RATE_TOLERANCE)
+    points = sorted((_with_pace(sweep_dir, p) for p in sweep["points"]),
+                    key=lambda p: (p.get("qps") or 0, p.get("concurrency") or 0))
+    verdicts = [judge(p, fraction, tolerance) for p in points]
     by_qps = all(p.get("qps") is not None for p in points)
     x = [p["qps"] if by_qps else p["concurrency"] for p in points]
     xlabel = "offered load (requests/s)" if by_qps else "concurrency (users)"
     search = sweep.get("search") or {}
     mark = search.get("highest_meeting")
     if mark is None:
-        meeting = [xv for xv, p in zip(x, points) if (p.get("goodput") or {}).get("fraction") is not None
-                   and p["goodput"]["fraction"] >= 0.9]
+        meeting = [xv for xv, v in zip(x, verdicts) if v.meets]
         mark = max(meeting) if meeting and len(meeting) < len(points) else None
     label = "saturation" if mark is not None else ""
     plot_dir = sweep_dir / "plots"
@@ -213,16 +225,25 @@ def sweep_report(sweep_dir: Path, sweep: dict) -> str:
              plot_dir / "tpot_throughput.png"),
         _img(plots.sweep_curves(x, {"goodput req/s": [(p.get("goodput") or {}).get("requests_per_s") for p in points],
                                     "achieved req/s": [p["throughput"]["requests_per_s"] for p in points]},
-                                xlabel, "requests/s", "Goodput vs load", sim, mark, label), "Goodput vs load",
+                                xlabel, "requests/s", "Goodput vs load", sim, mark, label,
+                                failing=[not v.meets for v in verdicts]),
+             "Goodput vs load (crossed: the point fails the SLO, the server falling behind included)",
              plot_dir / "goodput.png"),
     ]
-    body = _table(["load", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "E2EL p50",
-                   "SLO met", "ok"], sweep_rows([{"label": p["label"], "summary": p} for p in points]))
+    body = _table(SWEEP_HEADERS, sweep_rows([{"label": p["label"], "summary": p} for p in points], fraction, tolerance))
+    criteria = (f"a point meets the SLO when at least {fraction:.0%} of its requests met every limit and the server "
+                f"kept up: while the requests arrived it completed at least {1 - tolerance:.0%} of their rate")
     if search:
-        body += _kv_table([("saturation search", {k: search.get(k) for k in
-                                                  ("slo", "slo_fraction", "highest_meeting", "lowest_failing", "converged")})])
+        body += _kv_table([("saturation search", {k: search.get(k) for k in (
+            "slo", "saturation_rate", "achieved_rate", "bounded_by", "bound_at", "bound_reasons", "slo_fraction",
+            "rate_tolerance", "highest_meeting", "lowest_failing", "converged")})])
     elif mark is not None:
-        body += f"<p>saturation: highest load where at least 90% of requests met the SLO: {mark:g}</p>"
+        body += f"<p>saturation: highest load that met the SLO: {mark:g}</p>"
+    body += f"<p>{html.escape(criteria[0].upper() + criteria[1:])}.</p>"
+    fails = [(p["label"], v) for p, v in zip(points, verdicts) if not v.meets]
+    if fails:
+        body += "<ul>" + "".join(f'<li class="warn">{html.escape(label)} fails: {html.escape("; ".join(v.reasons))}</li>'
+                                 for label, v in fails) + "</ul>"
     body += '<h2>Plots</h2><div class="grid">' + "".join(figs) + "</div>"
     body += "<h2>Points</h2><ul>" + "".join(f"<li><code>{html.escape(p['run_dir'])}</code></li>" for p in points) + "</ul>"
     return _page(f"loadgen sweep {sweep_dir.name}", sim, body)

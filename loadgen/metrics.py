@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from loadgen.pace import kept_up, pace
 from loadgen.records import CANCELLED, TIMEOUT, RequestRecord
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p999": 99.9}
@@ -146,6 +147,7 @@ def summarize(
         }
     else:
         summary["lateness_ms"] = None  # closed loop: no schedule to be late against
+    summary["pace"] = pace(every)
     if slo:
         good = sum(meets_slo(r, slo) for r in measured)
         summary["goodput"] = {
@@ -177,6 +179,9 @@ def warnings_for(summary: dict) -> list[str]:
             f"client fell behind its schedule: lateness p99 {late['p99']:.1f} ms > {LATENESS_WARN_MS:g} ms; "
             "latencies include the client's own queueing (lower the load or use more client cores)"
         )
+    ok, why = kept_up(summary.get("pace"))
+    if ok is False:
+        out.append(f"{why}; its latencies describe a growing queue, not a steady state (lower the load)")
     req = summary["requests"]
     if req["total"] and req["completed"] < req["total"]:
         out.append(f"{req['total'] - req['completed']} of {req['total']} measured requests did not complete")

@@ -71,13 +71,21 @@ def timeline(x: np.ndarray, lines: dict[str, np.ndarray], ylabel: str, title: st
 
 
 def sweep_curves(x: Sequence[float], curves: dict[str, Sequence[float | None]], xlabel: str, ylabel: str, title: str,
-                 simulated: bool = False, mark_x: float | None = None, mark_label: str = "") -> bytes:
+                 simulated: bool = False, mark_x: float | None = None, mark_label: str = "",
+                 failing: Sequence[bool] | None = None) -> bytes:
+    """Curves against load; points flagged in `failing` are crossed out on every curve."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    crossed = False
     for name, y in curves.items():
         pts = [(a, b) for a, b in zip(x, y) if b is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        bad = [(a, b) for a, b, f in zip(x, y, failing or []) if f and b is not None]
+        if bad:
+            ax.scatter([p[0] for p in bad], [p[1] for p in bad], marker="x", s=90, color="#b00020", zorder=5,
+                       label=None if crossed else "fails")
+            crossed = True
     if mark_x is not None:
         ax.axvline(mark_x, color="#b00020", linestyle="--", linewidth=1)
         ax.text(mark_x, ax.get_ylim()[1], f" {mark_label}", color="#b00020", va="top", fontsize=8)

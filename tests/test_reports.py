@@ -64,7 +64,45 @@ def test_sweep_report_marks_saturation(tmp_path):
     sweep["points"][-1]["goodput"]["fraction"] = 0.5  # the 20 req/s point now misses it
     (sweep_dir / "sweep.json").write_text(json.dumps(sweep))
     assert run_loadgen("report", str(sweep_dir)).returncode == 0
-    assert "highest load where at least 90% of requests met the SLO: 5" in (sweep_dir / "report.html").read_text()
+    assert "highest load that met the SLO: 5" in (sweep_dir / "report.html").read_text()
+
+
+BEHIND = {"requests": 600, "arrival_window_s": 30.0, "first_latency_s": 0.1, "fit_from_s": 0.1, "fit_to_s": 30.0,
+          "offered_per_s": 20.0, "achieved_per_s": 10.0, "in_flight_start": 2.0, "in_flight_end": 300.0,
+          "in_flight_mean": 150.0}
+
+
+def test_sweep_report_crosses_out_a_point_where_the_server_fell_behind(tmp_path, monkeypatch):
+    from loadgen import html_report, plots
+
+    sweep_dir = _copy("sweep", tmp_path)
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    assert "pace" not in sweep["points"][0]  # an older sweep: pace comes from each point's requests.jsonl
+    html = html_report.sweep_report(sweep_dir, sweep)
+    assert "saturation" not in html and html.count(">yes (") == 2  # both kept up
+    sweep["points"][-1]["pace"] = BEHIND  # the 20 req/s point still meets the SLO fraction, but fell behind
+    calls = []
+    real = plots.sweep_curves
+    monkeypatch.setattr(plots, "sweep_curves", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    html = html_report.sweep_report(sweep_dir, sweep)
+    assert sweep["points"][-1]["goodput"]["fraction"] >= 0.9
+    assert "highest load that met the SLO: 5" in html
+    assert "qps 20 fails: the server fell behind: completed 10 req/s while 20 req/s arrived" in html
+    goodput = next((a, k) for a, k in calls if a[4] == "Goodput vs load")
+    assert goodput[1]["failing"] == [False, True] and goodput[0][6] == 5  # crossed out; saturation marked at 5
+
+
+def test_compare_gives_the_keeping_up_verdict(tmp_path):
+    a = load_run(FIXTURES / "sim-ok")
+    b_dir = _copy("sim-ok", tmp_path)
+    summary = json.loads((b_dir / "summary.json").read_text())
+    (b_dir / "summary.json").write_text(json.dumps({**summary, "pace": BEHIND}))
+    rows = {r["metric"]: r for r in comparison_rows([a, load_run(b_dir)])}
+    assert rows["kept up (within 5%)"]["values"] == ["yes", "no (fell behind)"]
+    assert rows["meets SLO (90% and kept up)"]["values"] == ["yes", "no"]
+    assert rows["completed req/s (while arriving)"]["values"][1] == 10.0
+    proc = run_loadgen("compare", str(FIXTURES / "sim-ok"), str(b_dir))
+    assert proc.returncode == 0 and "no (fell behind)" in proc.stdout
 
 
 def test_report_refuses_a_directory_without_results(tmp_path):
