@@ -3,13 +3,18 @@ what the target already has, download the rest into one folder.
 
 pip does the resolving (`install --dry-run --report`) and the downloading (`download --no-deps`); what is ours is
 the `--have` handling: the target's installed packages become constraints (so the resolution is the one that
-installs cleanly there, e.g. vLLM against the machine's torch) and are then left out of the download.
+installs cleanly there, e.g. vLLM against the machine's torch) and are then left out of the download. Two
+exceptions, for engines that are not on the index or that need older libraries than the target has: a local wheel
+or source tree is resolved like a package and copied (or built) into the folder, and a requirement pinned with ==
+to another version than the target's is carried, to shadow the target's copy on the engine's PYTHONPATH (LightLLM
+imports transformers 4.x APIs; the GPU image has transformers 5).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,6 +73,8 @@ class WheelSet:
     conflict: str | None = None
     differing: int = 0
     excluded: tuple[str, ...] = ()
+    local: tuple[str, ...] = ()  # wheels copied or built from a local path (not downloaded)
+    replaced: tuple[str, ...] = ()  # name==version carried although the target has another version
 
 
 def _target_args(python: str, platforms: tuple[str, ...]) -> list[str]:
@@ -86,6 +93,61 @@ def _pip(args: list[str], what: str) -> None:
         if len(cause) == 2:  # name the conflicting pins rather than pip's generic last line
             tail = "; ".join(ln.strip() for ln in cause[1].strip().split("\n\n", 1)[0].splitlines())
         raise BackendError(f"{what} failed: {tail}")
+
+
+_PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==\s*([^\s;,]+)")
+
+
+def wheel_name(path: Path) -> tuple[str, str]:
+    """(name, version) from a wheel file name (PEP 427: name-version-...-tag.whl)."""
+    parts = path.name[:-len(".whl")].split("-")
+    if len(parts) < 5:
+        raise BackendError(f"{path.name} is not a wheel file name (name-version-python-abi-platform.whl)")
+    return parts[0], parts[1]
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    """A wheel of a source tree (setup.py or pyproject.toml) with the build tools installed here: no build
+    isolation, so it works offline, as the DeepSpeed wheel for the GPU machine was built."""
+    if not ((source / "setup.py").is_file() or (source / "pyproject.toml").is_file()):
+        raise BackendError(f"{source} has neither setup.py nor pyproject.toml; give a Python source tree, a .whl "
+                           "file or a package name")
+    with tempfile.TemporaryDirectory() as tmp:
+        _pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", tmp, str(source)],
+             f"building a wheel from {source}")
+        built = list(Path(tmp).glob("*.whl"))
+        if len(built) != 1:
+            raise BackendError(f"building {source} gave {len(built)} wheels, expected one")
+        out.mkdir(parents=True, exist_ok=True)
+        dest = out / built[0].name
+        shutil.copyfile(built[0], dest)
+    return dest
+
+
+def local_wheels(requirements: list[str], out: Path) -> tuple[list[str], dict[str, Path]]:
+    """Requirements with local paths turned into wheels in `out` (built from a source tree, or copied), and those
+    wheels by canonical name. Names that are not paths pass through."""
+    resolved: list[str] = []
+    local: dict[str, Path] = {}
+    for req in requirements:
+        path = Path(req).expanduser()
+        if path.is_dir():
+            wheel = build_wheel(path.resolve(), out)
+        elif req.endswith(".whl"):
+            if not path.is_file():
+                raise BackendError(f"wheel {req} does not exist; give the path of a .whl file, a source directory "
+                                   "or a package name such as vllm==0.22.0")
+            wheel_name(path)
+            out.mkdir(parents=True, exist_ok=True)
+            wheel = out / path.name
+            if path.resolve() != wheel.resolve():
+                shutil.copyfile(path, wheel)
+        else:
+            resolved.append(req)
+            continue
+        local[canonical_name(wheel_name(wheel)[0])] = wheel
+        resolved.append(str(wheel.resolve()))
+    return resolved, local
 
 
 def resolve(requirements: list[str], python: str, platforms: tuple[str, ...],
@@ -107,7 +169,12 @@ def download_engine(requirements: list[str], out: Path, python: str = "3.12",
                     exclude: tuple[str, ...] = ()) -> WheelSet:
     if not re.fullmatch(r"3\.\d+", python):
         raise BackendError(f"--python {python!r}: give the target's Python as MAJOR.MINOR, e.g. 3.12")
-    have = have or {}
+    have = dict(have or {})
+    requirements, local = local_wheels(requirements, out)
+    pinned = {canonical_name(m.group(1)): m.group(2) for r in requirements if (m := _PIN.fullmatch(r.strip()))}
+    replaced = tuple(sorted(f"{n}=={v}" for n, v in pinned.items() if n in have and have[n] != v))
+    for name in [*local, *(r.split("==")[0] for r in replaced)]:
+        have.pop(name, None)  # carried: the target's copy is shadowed, so it is no constraint
     conflict = None
     try:
         resolved = resolve(requirements, python, platforms, have)
@@ -125,8 +192,9 @@ def download_engine(requirements: list[str], out: Path, python: str = "3.12",
     skipped = tuple(sorted(f"{n}=={v}" for n, v in resolved if canonical_name(n) in have))
     out.mkdir(parents=True, exist_ok=True)
     pins = [f"{n}=={v}" for n, v in wanted]
-    if pins:
-        _pip(["download", "--no-deps", "--quiet", "-d", str(out), *_target_args(python, platforms), *pins],
+    to_download = [f"{n}=={v}" for n, v in wanted if canonical_name(n) not in local]
+    if to_download:
+        _pip(["download", "--no-deps", "--quiet", "-d", str(out), *_target_args(python, platforms), *to_download],
              "downloading wheels")
     names = {canonical_name(n) for n, _ in wanted}
     wheels = sorted(p.name for p in out.glob("*.whl") if canonical_name(p.name.split("-")[0]) in names)
@@ -135,6 +203,11 @@ def download_engine(requirements: list[str], out: Path, python: str = "3.12",
         f"left out (the target has them): {len(skipped)}\n"
         + (f"# the target's versions conflict with the engine's pins ({conflict}); kept the target's, "
            f"{differing} differ from a fresh resolution\n" if conflict else "")
-        + (f"# left out on request: {', '.join(excluded)}\n" if excluded else "") + "".join(p + "\n" for p in pins))
+        + (f"# left out on request: {', '.join(excluded)}\n" if excluded else "")
+        + (f"# carried although the target has another version (shadows it on PYTHONPATH): {', '.join(replaced)}\n"
+           if replaced else "")
+        + (f"# local wheels (not on the index): {', '.join(p.name for p in local.values())}\n" if local else "")
+        + "".join(p + "\n" for p in pins))
     total = sum((out / w).stat().st_size for w in wheels)
-    return WheelSet(out, tuple(wheels), tuple(pins), skipped, total, conflict, differing, excluded)
+    return WheelSet(out, tuple(wheels), tuple(pins), skipped, total, conflict, differing, excluded,
+                    tuple(p.name for p in local.values()), replaced)

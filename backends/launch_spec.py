@@ -63,6 +63,8 @@ class LaunchSpec:
     version_paths: tuple[str, ...] = ("/version",)
     model: str = ""  # the model reference the server was given (what it serves the model as)
     weights: str = "checkpoint"  # or how the engine made them up (vLLM --load-format dummy)
+    # a command that prints the engine's version, for servers with no version route (run with `env`)
+    version_argv: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:

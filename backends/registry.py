@@ -17,7 +17,7 @@ FRAMEWORKS: dict[str, Adapter] = {
 }
 ENDPOINTS = ("completions", "chat", "tgi", "lightllm", "triton")
 CONTINUOUS_USAGE_BACKENDS = frozenset({"vllm"})  # accept stream_options.continuous_usage_stats
-IGNORE_EOS_BACKENDS = frozenset({"vllm", "sglang", "sim"})  # honour ignore_eos: no min_tokens needed
+IGNORE_EOS_BACKENDS = frozenset({"vllm", "sglang", "lightllm", "sim"})  # honour ignore_eos: no min_tokens needed
 
 
 def protocol_for(endpoint: str, ignore_eos: bool = True, backend: str | None = None):

@@ -135,7 +135,9 @@ def build_parser() -> Parser:
                                     "leave out what the target already has (--have: its `pip freeze`), and download "
                                     "the rest into one folder. On the target: pip install --no-index --no-deps "
                                     "--target SITE DIR/*.whl, then loadgen run ... --engine-path SITE.")
-    ew.add_argument("requirements", nargs="+", help="what to install, e.g. vllm==0.22.0")
+    ew.add_argument("requirements", nargs="+",
+                    help="what to install: package specs (vllm==0.22.0), local .whl files, or source directories "
+                         "(built into a wheel here); a == pin to another version than --have's is carried anyway")
     ew.add_argument("--out", required=True, help="folder for the wheels")
     ew.add_argument("--python", default="3.12", help="the target's Python, MAJOR.MINOR (default 3.12)")
     ew.add_argument("--platform", action="append", help="wheel platform tag (repeatable; default "
@@ -491,6 +493,11 @@ def cmd_engine_wheels(args: argparse.Namespace) -> int:
               f"target's versions ({result.differing} differ from a fresh resolution)")
     if result.excluded:
         print(f"left out on request: {', '.join(result.excluded)}")
+    if result.local:
+        print(f"local (built or copied, not downloaded): {', '.join(result.local)}")
+    if result.replaced:
+        print(f"carried although the target has another version: {', '.join(result.replaced)} (they shadow the "
+              "target's copies on the engine's PYTHONPATH)")
     print(f"on the target: pip install --no-index --no-deps --target SITE {result.out}/*.whl")
     print("then: loadgen run --backend ... --engine-path SITE")
     return 0

@@ -79,9 +79,14 @@ def launch_spec(opts: argparse.Namespace, backend: str, port: int | None = None)
         if missing:
             raise LoadgenError(f"--engine-path {missing[0]} is not a directory; give the folder the engine's wheels "
                                "were installed into (pip install --target DIR)")
+        sites = [os.path.abspath(os.path.expanduser(p)) for p in paths]
         current = os.environ.get("PYTHONPATH")
-        joined = os.pathsep.join([os.path.abspath(os.path.expanduser(p)) for p in paths] + ([current] if current else []))
-        spec = replace(spec, env={**spec.env, "PYTHONPATH": joined})
+        env = {**spec.env, "PYTHONPATH": os.pathsep.join(sites + ([current] if current else []))}
+        # `pip install --target SITE` puts console scripts in SITE/bin; LightLLM starts `gunicorn` by name
+        bins = [os.path.join(s, "bin") for s in sites if os.path.isdir(os.path.join(s, "bin"))]
+        if bins:
+            env["PATH"] = os.pathsep.join(bins + [os.environ.get("PATH", os.defpath)])
+        spec = replace(spec, env=env)
     return spec
 
 
@@ -116,7 +121,23 @@ async def _probe(url: str, headers: dict[str, str], required: bool = True) -> di
         return None  # reachable, but /v1/models is not JSON: not an error for a generic server
 
 
-async def _server_version(url: str, spec: LaunchSpec) -> str | None:
+async def _engine_version(spec: LaunchSpec) -> str | None:
+    """The version the engine's own interpreter reports (spec.version_argv), for servers without a version route."""
+    try:
+        proc = await asyncio.create_subprocess_exec(*spec.version_argv, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL,
+                                                    env={**os.environ, **spec.env})
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    lines = out.decode(errors="replace").strip().splitlines()
+    return lines[-1].strip() if proc.returncode == 0 and lines else None
+
+
+async def _server_version(url: str, spec: LaunchSpec, launched: bool = True) -> str | None:
+    if spec.version_argv and not spec.version_paths:
+        # attached by URL, the local install says which server runs only when --engine-path names it
+        return await _engine_version(spec) if launched or "PYTHONPATH" in spec.env else None
     for path in spec.version_paths:
         try:
             data = await get_json(url + path, timeout=5)
@@ -166,7 +187,7 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
             url = check_url(opts.url)
             if backend in FRAMEWORKS:
                 spec = launch_spec(opts, backend)
-                info["version"] = await _server_version(url, spec)
+                info["version"] = await _server_version(url, spec, launched=False)
         info["url"] = url
         protocol_name = endpoint_name(opts, backend, spec)
         info["endpoint"] = protocol_name

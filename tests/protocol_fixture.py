@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 
 from aiohttp import web
 
@@ -118,6 +119,9 @@ def build_app(itl: float, die_after: int | None, native: str = "tgi") -> web.App
 
 
 def main() -> None:
+    if "-c" in sys.argv:  # stands in for the engine's interpreter too: `EXE -c CODE` (the version probe)
+        exec(sys.argv[sys.argv.index("-c") + 1], {})
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")

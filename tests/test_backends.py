@@ -245,3 +245,70 @@ def test_attached_run_scrapes_server_metrics(tmp_path):
         assert json.loads(lines[-1])["values"]["fixture_requests_served_total"] == 20
     finally:
         server.stop()
+
+
+# -- LightLLM against the real server's code (ModelTC/lightllm fc72ffab, tests/fixtures/lightllm) -----------------
+LIGHTLLM_FLAGS = json.loads((ROOT / "tests" / "fixtures" / "lightllm" / "api_cli_flags.json").read_text())
+
+
+@pytest.mark.parametrize("extra", [{}, {"max_model_len": 4096, "gpus": 2}])
+def test_lightllm_argv_uses_only_flags_its_parser_has(extra, tmp_path):
+    spec = FRAMEWORKS["lightllm"](LaunchRequest(str(tmp_path), port=9123, **extra))
+    flags = LIGHTLLM_FLAGS["flags"]
+    args = spec.argv[spec.argv.index("lightllm.server.api_server") + 1:]
+    i = 0
+    while i < len(args):  # every option is one the server's argparse knows, and each value goes with its flag
+        assert args[i] in flags, f"{args[i]} is not a flag of LightLLM at {LIGHTLLM_FLAGS['commit'][:8]}"
+        i += 2 if flags[args[i]]["takes_value"] else 1
+    assert args[args.index("--model_dir") + 1] == str(tmp_path)
+    assert spec.ready_path == "/health" and spec.metrics_path == "/metrics"  # api_http.py routes
+    assert spec.endpoints == ("lightllm", "completions")  # its chat request has no ignore_eos
+    assert spec.version_paths == () and spec.version_argv[-2] == "-c"
+
+
+def test_lightllm_make_model_weights_are_what_its_llama_loader_reads(tmp_path):
+    """LightLLM's Llama loader (hf_load_utils.load_hf_weights) reads every *.safetensors in the directory by the
+    Hugging Face names below, and takes the data type from config.json's torch_dtype."""
+    safetensors = pytest.importorskip("safetensors")
+    from backends.model_dir import write_model_dir
+    from scenarios.catalog import get_model
+    spec = get_model("tiny")
+    write_model_dir(spec, tmp_path, weights="random")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["torch_dtype"] in ("fp16", "float16", "bf16", "bfloat16", "fp32", "float32")  # its accepted list
+    assert config["eos_token_id"] == 2 and config["architectures"] == ["LlamaForCausalLM"]
+    names, dtypes = set(), set()
+    for f in tmp_path.glob("*.safetensors"):
+        with safetensors.safe_open(str(f), "pt") as s:
+            for k in s.keys():
+                names.add(k)
+                dtypes.add(str(s.get_tensor(k).dtype))
+    per_layer = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                 "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+                 "input_layernorm.weight", "post_attention_layernorm.weight"]  # transformer_layer_weight.py
+    wanted = {"model.embed_tokens.weight", "model.norm.weight"}  # pre_and_post_layer_weight.py
+    wanted |= {f"model.layers.{i}.{n}" for i in range(spec.num_layers) for n in per_layer}
+    if not spec.tie_word_embeddings:
+        wanted.add("lm_head.weight")
+    assert names == wanted and dtypes == {"torch.bfloat16"}
+
+
+def test_lightllm_launch_records_the_installed_version_and_puts_site_bin_on_path(tmp_path):
+    # an --engine-path folder as `pip install --target` leaves it: the wheel's metadata and a bin/ of scripts
+    site = tmp_path / "site"
+    dist = site / "lightllm-1.0.1.post154+gfc72ffab.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lightllm\nVersion: 1.0.1.post154+gfc72ffab\n")
+    (site / "bin").mkdir()
+    out = tmp_path / "run"
+    proc = run_loadgen("run", "--backend", "lightllm", "--model", "7b", "--engine-path", str(site),
+                       "--engine-cmd", f"{sys.executable} {ROOT / 'tests' / 'protocol_fixture.py'} --native lightllm",
+                       "--qps", "40", "--num-requests", "6", "--input-len", "16", "--output-len", "5",
+                       "--output", str(out), "--quiet", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["backend"]["version"] == "1.0.1.post154+gfc72ffab"  # the commit the wheel was built from
+    assert run["backend"]["launch_env"]["PATH"].split(":")[0] == str(site / "bin")  # gunicorn is found there
+    assert run["endpoint"] == "lightllm"
+    records = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["status"] == "ok" and r["output_tokens"] == 5 for r in records)

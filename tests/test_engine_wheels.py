@@ -57,3 +57,37 @@ def test_conflicting_target_versions_are_kept_and_reported(tmp_path):
     names = {canonical_name(p.name.split("-")[0]) for p in out.glob("*.whl")}
     assert "aiohttp" in names and not names & {"multidict", "attrs", "aiohappyeyeballs"}
     assert "left out on request: aiohappyeyeballs" in (out / "requirements.txt").read_text()
+
+
+def test_source_dirs_and_local_wheels_are_built_or_copied_and_their_deps_resolved(tmp_path):
+    # an engine that is not on the index (LightLLM): a source tree with one dependency
+    src = tmp_path / "toyengine"
+    (src / "toyengine").mkdir(parents=True)
+    (src / "toyengine" / "__init__.py").write_text("")
+    (src / "setup.py").write_text("from setuptools import setup\nsetup(name='toyengine', version='0.1+gabc123', "
+                                  "packages=['toyengine'], install_requires=['aiosignal==1.3.1'])\n")
+    have = tmp_path / "have.txt"
+    have.write_text("attrs==24.2.0\nfrozenlist==1.4.1\n")
+    out = tmp_path / "wheels"
+    proc = run_loadgen("engine-wheels", str(src), "--out", str(out), "--have", str(have), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    wheels = sorted(p.name for p in out.glob("*.whl"))
+    assert wheels == ["aiosignal-1.3.1-py3-none-any.whl", "toyengine-0.1+gabc123-py3-none-any.whl"], wheels
+    assert "local (built or copied" in proc.stdout and "toyengine-0.1+gabc123" in proc.stdout
+    assert "toyengine==0.1+gabc123" in (out / "requirements.txt").read_text()
+    # the built wheel given as a file, and a == pin to another version than the target's: carried anyway
+    again = tmp_path / "again"
+    proc = run_loadgen("engine-wheels", str(out / wheels[1]), "attrs==23.2.0", "--out", str(again),
+                       "--have", str(have), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name.split("-")[0] for p in again.glob("*.whl"))
+    assert names == ["aiosignal", "attrs", "toyengine"], names
+    assert "attrs==23.2.0" in proc.stdout and "another version" in proc.stdout
+
+
+def test_local_path_errors_are_one_line(tmp_path):
+    proc = run_loadgen("engine-wheels", str(tmp_path / "missing.whl"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = run_loadgen("engine-wheels", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "setup.py" in proc.stderr and "Traceback" not in proc.stderr
