@@ -5,12 +5,14 @@ What CPU can and cannot run, and so what these tests cover:
   CPU the patch of the model instance is checked, and the CLI refuses `--kernels liger` up front.
 - torchao float8: conversion and a real forward/backward run on CPU (torch 2.13 has a CPU `_scaled_mm`); the CLI
   still refuses `--precision fp8` on CPU, since the point of FP8 is the float8 tensor cores of an H100/H200.
-- megatron-core: GPTModel builds on CPU under a one-process gloo group (parameters checked against the HF Llama
-  of the same shape, and our SDPA core attention against the attention formula), but its forward needs CUDA
-  (RoPE moves its table to torch.cuda.current_device()), so the CLI refuses `--engine megatron` on CPU.
+- megatron-core: GPTModel builds on CPU under a one-process gloo group, and its decoder with our SDPA core
+  attention gives the HF Llama's logits from the same weights; GPTModel.forward itself needs CUDA (its RoPE module
+  moves the table to torch.cuda.current_device(), and the local DotProductAttention forks the CUDA RNG tracker
+  for dropout), so the CLI refuses `--engine megatron` on CPU and the training step is tested on GPU only.
 - torch.compile: both scopes train on CPU.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -121,23 +123,38 @@ def test_output_flag_and_the_hidden_out_alias(tmp_path):
 
 # --- liger-kernel -------------------------------------------------------------------------------------------------
 
-def test_liger_patches_the_model_instance():
+LIGER_PATCH = r"""
+import json, torch
+from liger_kernel.transformers.model.llama import lce_forward
+from liger_kernel.transformers.rms_norm import LigerRMSNorm
+from scenarios.catalog import get_model
+from training_bench.fast_paths import apply_kernels
+from training_bench.model_build import build_model
+model = build_model(get_model("tiny"), "sdpa", torch.device("cpu"), torch.float32)
+before = apply_kernels(model, "none"), type(model).forward is model.forward.__func__
+applied = apply_kernels(model, "liger")
+layers = model.model.layers
+print(json.dumps({"before": before, "applied": applied, "lce": model.forward.__func__ is lce_forward,
+                  "norm": model.model.norm.forward.__func__ is LigerRMSNorm.forward,
+                  "layer_norms": all(l.input_layernorm.forward.__func__ is LigerRMSNorm.forward for l in layers),
+                  "mlp": [l.mlp._get_name() for l in layers]}))
+"""
+
+
+def test_liger_patches_the_model_instance(tmp_path):
+    # in its own process: liger also patches the transformers module, so every later Llama in the process
+    # would get its (CUDA-only) kernels; training runs are one process each for the same reason
     pytest.importorskip("liger_kernel", reason="liger-kernel not installed (pip install 'dissect[kernels]')")
-    from liger_kernel.transformers.model.llama import lce_forward
-    from liger_kernel.transformers.rms_norm import LigerRMSNorm
-
-    from training_bench.fast_paths import apply_kernels
-    from training_bench.model_build import build_model
-
-    model = build_model(get_model("tiny"), "sdpa", torch.device("cpu"), torch.float32)
-    assert apply_kernels(model, "none") == [] and type(model).forward is model.forward.__func__
-    applied = apply_kernels(model, "liger")
-    assert applied == ["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy"]
-    assert model.forward.__func__ is lce_forward  # the logits are never materialised
-    assert model.model.norm.forward.__func__ is LigerRMSNorm.forward
-    for layer in model.model.layers:
-        assert layer.input_layernorm.forward.__func__ is LigerRMSNorm.forward
-        assert layer.mlp._get_name() == "LigerSwiGLUMLP"
+    script = tmp_path / "liger.py"
+    script.write_text(LIGER_PATCH)
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["before"] == [[], True]
+    assert got["applied"] == ["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy"]
+    assert got["lce"] and got["norm"] and got["layer_norms"]  # fused linear cross-entropy: no logits materialised
+    assert got["mlp"] == ["LigerSwiGLUMLP"] * get_model("tiny").num_layers
 
 
 # --- torchao float8 -----------------------------------------------------------------------------------------------
@@ -185,11 +202,20 @@ def test_layer_scope_compiles_every_decoder_layer_in_place():
     from training_bench.fast_paths import compile_model
     from training_bench.model_build import build_model
 
-    model = build_model(get_model("tiny"), "sdpa", torch.device("cpu"), torch.float32)
+    from torch._dynamo.utils import counters
+
+    spec = dataclasses.replace(get_model("tiny"), num_layers=6)
+    model = build_model(spec, "sdpa", torch.device("cpu"), torch.float32)
     names = [n for n, _ in model.named_parameters()]
     assert compile_model(model, "layers") is model
     assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
     assert [n for n, _ in model.named_parameters()] == names  # state-dict names unchanged
+    torch._dynamo.reset()
+    counters.clear()
+    ids = torch.randint(0, spec.vocab_size, (1, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    # the identical layers share one graph: compiling costs one layer's time, whatever the depth
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
 
 
 # --- megatron-core ------------------------------------------------------------------------------------------------
@@ -207,7 +233,34 @@ gpt = ME.build_gpt(spec, "sdpa", torch.device("cpu"), torch.float32)
 local = ME.build_gpt(spec, "eager", torch.device("cpu"), torch.float32, recompute="full")
 hf = build_model(spec, "sdpa", torch.device("cpu"), torch.float32)
 layer = gpt.decoder.layers[0]
-print(json.dumps({
+# The same numbers, not only the same shapes: HF's weights mapped into megatron-core's layout (fused QKV grouped
+# by KV head, gate and up fused in fc1), the decoder run on CPU with the RoPE table computed here (GPTModel's own
+# RoPE module moves it to CUDA), logits compared.
+hd, nh, ng, hsz = spec.head_dim, spec.num_heads, spec.num_kv_heads, spec.hidden_size
+with torch.no_grad():
+    gpt.embedding.word_embeddings.weight.copy_(hf.model.embed_tokens.weight)
+    gpt.output_layer.weight.copy_(hf.lm_head.weight)
+    gpt.decoder.final_layernorm.weight.copy_(hf.model.norm.weight)
+    for lm, lh in zip(gpt.decoder.layers, hf.model.layers):
+        a = lh.self_attn
+        q = a.q_proj.weight.view(ng, nh // ng, hd, hsz)
+        k, v = a.k_proj.weight.view(ng, 1, hd, hsz), a.v_proj.weight.view(ng, 1, hd, hsz)
+        lm.self_attention.linear_qkv.weight.copy_(torch.cat([q, k, v], 1).reshape(-1, hsz))
+        lm.self_attention.linear_proj.weight.copy_(a.o_proj.weight)
+        lm.mlp.linear_fc1.weight.copy_(torch.cat([lh.mlp.gate_proj.weight, lh.mlp.up_proj.weight], 0))
+        lm.mlp.linear_fc2.weight.copy_(lh.mlp.down_proj.weight)
+        lm.input_layernorm.weight.copy_(lh.input_layernorm.weight)
+        lm.pre_mlp_layernorm.weight.copy_(lh.post_attention_layernorm.weight)
+    s = 16
+    ids = torch.randint(0, spec.vocab_size, (2, s))
+    inv = gpt.rotary_pos_emb.inv_freq
+    freqs = torch.outer(torch.arange(s, dtype=inv.dtype), inv)
+    emb = torch.cat([freqs, freqs], -1)[:, None, None, :]
+    hidden = gpt.embedding(input_ids=ids, position_ids=torch.arange(s).expand(2, -1))
+    out = gpt.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=emb)
+    logits = gpt.output_layer(out)[0].transpose(0, 1)
+    ref = hf(input_ids=ids).logits
+print(json.dumps({"logits_max_diff": (logits - ref).abs().max().item(), "logits_max": ref.abs().max().item(),
     "megatron": sum(p.numel() for p in gpt.parameters()), "hf": sum(p.numel() for p in hf.parameters()),
     "core": type(layer.self_attention.core_attention).__name__,
     "local_core": type(local.decoder.layers[0].self_attention.core_attention).__name__,
@@ -217,7 +270,7 @@ print(json.dumps({
 """
 
 
-def test_megatron_gpt_builds_on_cpu_with_the_llama_shape(tmp_path):
+def test_megatron_gpt_is_the_hf_llama_on_cpu(tmp_path):
     pytest.importorskip("megatron.core", reason="megatron-core not installed (pip install 'dissect[megatron]')")
     script = tmp_path / "build.py"
     script.write_text(MEGATRON_BUILD)
@@ -231,6 +284,7 @@ def test_megatron_gpt_builds_on_cpu_with_the_llama_shape(tmp_path):
     assert got["recompute"] == "full" and got["tied"] is False
     assert got["qkv"] == [(spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim, spec.hidden_size]
     assert got["fc1"] == [2 * spec.intermediate_size, spec.hidden_size]  # gate and up fused (SwiGLU)
+    assert got["logits_max"] > 0.1 and got["logits_max_diff"] < 1e-4  # fp32: the same function as the HF Llama
 
 
 @pytest.mark.parametrize("heads, groups", [(4, 4), (4, 2)])
@@ -305,3 +359,27 @@ def test_recommendation_reads_training_matrix_results(tmp_path):
     path.write_text(json.dumps({"runs": [{"name": "a", "result": _row("a", 10, 1).result},
                                          {"name": "b", "result": None, "error": "oom"}]}))
     assert [r.label for r in rows_from_file(str(path))] == ["a"]
+
+
+# --- on a GPU (skipped here): each path trains the tiny model and says what it applied ------------------------------
+
+GPU = ["--model", "tiny", "--seq-len", "128", "--micro-batch", "2", "--steps", "2", "--warmup", "1", "--quiet"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("args, check", [
+    (["--kernels", "liger"], lambda a: a["kernels"] == ["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy"]),
+    (["--kernels", "liger", "--compile"], lambda a: a["kernels"] and a["compile"] == "layers"),
+    (["--precision", "fp8", "--compile"], lambda a: a["fp8_linears"] == 14 and a["precision"] == "fp8"),
+    (["--engine", "megatron", "--attn", "sdpa"], lambda a: a["engine"] == "megatron"),
+    (["--engine", "megatron", "--attn", "eager", "--recompute", "full"], lambda a: a["engine"] == "megatron"),
+])
+def test_fast_paths_train_on_gpu(tmp_path, args, check):
+    if "fp8" in args and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs compute capability 8.9+")
+    out = tmp_path / "r.json"
+    proc = bench("pretrain", *GPU, *args, "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert check(r["applied"]) and r["throughput"]["tokens_per_s"] > 0 and r["memory"]["peak_bytes"] > 0

@@ -41,7 +41,9 @@ def check_kernels(kernels: str, device_type: str, engine: str) -> None:
 
 def apply_kernels(model, kernels: str) -> list[str]:
     """liger-kernel's fused RMSNorm, RoPE, SwiGLU and fused linear cross-entropy (the logits are never
-    materialised), patched into this model instance. Returns what was replaced, for the report."""
+    materialised), patched into this model instance. liger patches the transformers module as well, so every
+    later Llama of the process gets them too: each run (and sweep point) is its own process. Returns what was
+    replaced, for the report."""
     if kernels == "none":
         return []
     quiet_imports()
