@@ -1,9 +1,11 @@
 """The training measurements of the paper's matrix on one GPU, each configuration in its own process, into one JSON
 (rewritten after every run, so a cut-off session keeps what finished) and a table.
 
-    python benchmarks/training_matrix.py --set pretrain --out results/h100-training-pretrain.json
-    python benchmarks/training_matrix.py --set finetune --out results/h100-training-finetune.json
-    python benchmarks/training_matrix.py --set offload --out results/h100-training-offload.json
+    python benchmarks/training_matrix.py --set pretrain --output results/h100-training-pretrain.json
+    python benchmarks/training_matrix.py --set finetune --output results/h100-training-finetune.json
+    python benchmarks/training_matrix.py --set offload --output results/h100-training-offload.json
+
+(`python -m training_bench sweep` does the same for a grid of options and recommends the fastest that fits.)
 """
 
 from __future__ import annotations
@@ -71,13 +73,13 @@ def main() -> int:
     p.add_argument("--only", help="comma-separated run names to keep")
     p.add_argument("--steps", default="10")
     p.add_argument("--timeout", type=float, default=420.0, help="per run, seconds")
-    p.add_argument("--out", required=True)
+    p.add_argument("--output", "--out", dest="output", required=True, help="results JSON, rewritten after every run")
     args = p.parse_args()
     runs = SETS[args.set]
     if args.only:
         keep = set(args.only.split(","))
         runs = [r for r in runs if r[0] in keep]
-    out = Path(args.out)
+    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict = {"benchmark": "training_matrix", "set": args.set, "runs": []}
     for name, argv in runs:
@@ -88,7 +90,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             result_path = Path(tmp) / "result.json"
             try:
-                proc = subprocess.run([*cmd, "--out", str(result_path)], cwd=ROOT, capture_output=True, text=True,
+                proc = subprocess.run([*cmd, "--output", str(result_path)], cwd=ROOT, capture_output=True, text=True,
                                       timeout=args.timeout)
                 code, stderr = proc.returncode, proc.stderr
             except subprocess.TimeoutExpired:

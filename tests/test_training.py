@@ -110,8 +110,9 @@ def test_two_process_torchrun_with_gloo(tmp_path, strategy):
     r = json.loads(out.read_text())
     assert r["world_size"] == 2 and r["strategy"] == strategy
     assert r["throughput"]["tokens_per_s"] == pytest.approx(2 * r["throughput"]["tokens_per_s_per_gpu"])
-    if strategy == "fsdp":  # each rank holds half of the parameters
-        assert r["memory"]["parameters_bytes"] == pytest.approx(get_model("tiny").param_count * 2 / 2, rel=0.01)
+    if strategy == "fsdp":  # each rank holds half of the parameters (fp32: the CPU default precision)
+        assert r["config"]["precision"] == "fp32"
+        assert r["memory"]["parameters_bytes"] == pytest.approx(get_model("tiny").param_count * 4 / 2, rel=0.01)
 
 
 def test_sweep_compares_options(tmp_path):

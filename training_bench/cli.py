@@ -14,8 +14,21 @@ from typing import NoReturn
 from scenarios.catalog import CatalogError, get_gpu, get_model
 from training_bench.devices import pick_device
 from training_bench.errors import BenchError
+from training_bench.train_cli import add_output_argument, add_train_arguments
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _version() -> str:
+    """The installed distribution's version (whatever the distribution is called)."""
+    from importlib import metadata
+
+    for dist in metadata.packages_distributions().get("training_bench", []):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown (not installed)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,20 +58,44 @@ def _pairs(text: str) -> list[tuple[int, int]]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="7b", help="catalog model whose shapes are used (default 7b)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="element type (default bf16)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="element type (default bf16 on GPU, fp32 on CPU, where "
+                                                            "bf16 matmuls run ~14x slower)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="default: cuda when available")
-    p.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
-    p.add_argument("--reps", type=int, default=30, help="timed repetitions per operator (default 30)")
-    p.add_argument("--out", help="write the results as JSON to this file")
+    p.add_argument("--warmup", type=int, help="untimed calls before timing (default 5 on GPU, 2 on CPU)")
+    p.add_argument("--reps", type=int, help="timed repetitions per operator (default 30 on GPU, 5 on CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_output_argument(p, "write the results as JSON to this file")
+
+
+# Defaults that depend on the device: the GPU's are the paper's shapes; the CPU's finish `--model tiny` in seconds
+# and the 7B shapes in a few minutes on a 2-core machine.
+DEVICE_DEFAULTS = {
+    "cuda": {"dtype": "bf16", "warmup": 5, "reps": 30, "prefill_batch": 8, "seq_len": 2048, "decode_batch": 64,
+             "context": 2048, "attn_ops": "eager,sdpa-flash,sdpa-efficient,sdpa-cudnn,sdpa-math",
+             "tokens": [1, 4, 16, 64, 256, 1024, 4096, 16384], "prefill_seqs": [128, 512, 2048, 4096],
+             "decode": [(1, 512), (8, 2048), (32, 2048), (128, 2048), (256, 4096)]},
+    "cpu": {"dtype": "fp32", "warmup": 2, "reps": 5, "prefill_batch": 1, "seq_len": 256, "decode_batch": 4,
+            "context": 256, "attn_ops": "eager,sdpa-math", "tokens": [1, 16, 256], "prefill_seqs": [64, 256],
+            "decode": [(1, 256), (4, 256)]},
+}
+
+
+def _resolve(args: argparse.Namespace, device, *names: str) -> None:
+    """Fill the options left out (None) with the device's defaults."""
+    defaults = DEVICE_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    for name in names:
+        if getattr(args, name, None) is None:
+            setattr(args, name, defaults["attn_ops" if name == "attn" else name])
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m training_bench",
                     description="How fast LLMs train and fine-tune, and where the time goes: training runs with the "
                                 "paper's optimizations, and operator and communication micro-benchmarks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    from training_bench.train_cli import add_train_arguments, cmd_sweep, cmd_train
+    from training_bench.train_cli import cmd_sweep, cmd_train
 
     pre = sub.add_parser("pretrain", help="pre-training steps of a catalog model: tokens/s, MFU, memory, phases",
                          description="Full-parameter training steps of a random-weight Llama-shaped model. Under "
@@ -70,68 +107,100 @@ def build_parser() -> Parser:
                                      "base (bitsandbytes), or full fine-tuning.")
     add_train_arguments(fin, finetune=True)
     fin.set_defaults(func=cmd_train)
-    sw = sub.add_parser("sweep", help="run a grid of training configurations and compare them",
+    sw = sub.add_parser("sweep", help="run a grid of training configurations, compare them, recommend the fastest",
                         description="Each combination runs in its own process; the table gives each option's "
-                                    "time and memory relative to the first configuration.")
+                                    "time and memory relative to the first configuration and what each row ran; "
+                                    "the last line names the fastest configuration that fits in memory. The results "
+                                    "file is rewritten after every point.")
     add_train_arguments(sw, finetune=True)
     sw.set_defaults(method="full")
-    sw.add_argument("--vary", action="append", help="KEY=V1,V2 (repeatable), e.g. recompute=none,full or "
-                                                     "attn=eager,sdpa-flash")
+    grid = sw.add_argument_group("sweep")
+    grid.add_argument("--vary", action="append", help="KEY=V1,V2 (repeatable; the grid is their product), e.g. "
+                                                      "kernels=none,liger, compile=off,on, precision=bf16,fp8, "
+                                                      "engine=hf,megatron, recompute=none,full, attn=eager,sdpa")
+    grid.add_argument("--point", action="append", help="KEY=V,KEY=V (repeatable): one more configuration beside "
+                                                       "the grid, e.g. engine=megatron,attn=sdpa")
+    grid.add_argument("--like", metavar="FILE", help="start every point from the training path (attn, kernels, "
+                                                     "compile) of the fastest HF bf16 row of this sweep result")
+    grid.add_argument("--timeout", type=float, help="seconds one point may run before it is stopped (default none)")
+    grid.add_argument("--gpu", help="catalog GPU to recommend for (rows measured on it, peak within its memory; "
+                                    "default: the GPU the sweep ran on)")
+    grid.add_argument("--from", dest="from_file", metavar="FILE",
+                      help="run nothing: recommend from the rows of this sweep or training_matrix result")
     sw.set_defaults(func=cmd_sweep)
 
-    micro = sub.add_parser("micro", help="operator and communication micro-benchmarks")
+    micro = sub.add_parser("micro", help="operator and communication micro-benchmarks",
+                           description="Operators at a catalog model's shapes, collectives across torchrun's "
+                                       "processes, one layer's module breakdown, and profiles for the simulated "
+                                       "engine. On a CPU the defaults are small shapes and fp32.")
     msub = micro.add_subparsers(dest="what", metavar="WHAT", parser_class=Parser)
     msub.required = True
 
-    ops = msub.add_parser("ops", help="every operator of a layer at the model's shapes (prefill and decode)")
+    ops = msub.add_parser("ops", help="every operator of a layer at the model's shapes (prefill and decode)",
+                          description="Times each operator of one decoder layer (plus embedding and LM head) against "
+                                      "the device's measured GEMM and copy ceilings; matrix operators are classified "
+                                      "compute- or memory-bound by the roofline of those ceilings.")
     _common(ops)
     ops.add_argument("--only", default="gemm,attention,norm,rope,activation,softmax,embedding",
                      help="operator groups: gemm, attention, norm, rope, activation, softmax, embedding")
-    ops.add_argument("--attn", default="eager,sdpa-flash,sdpa-efficient,sdpa-cudnn,sdpa-math",
-                     help="attention implementations to time (unavailable ones are reported as skipped)")
-    ops.add_argument("--prefill-batch", type=int, default=8, help="sequences per prefill (default 8)")
-    ops.add_argument("--seq-len", type=int, default=2048, help="prefill sequence length (default 2048)")
-    ops.add_argument("--decode-batch", type=int, default=64, help="sequences per decode step (default 64)")
-    ops.add_argument("--context", type=int, default=2048, help="KV-cache length for decode attention (default 2048)")
+    ops.add_argument("--attn", default=None,
+                     help="attention implementations to time (unavailable ones are reported as skipped; default "
+                          "all five on GPU, eager,sdpa-math on CPU)")
+    ops.add_argument("--prefill-batch", type=int, help="sequences per prefill (default 8 on GPU, 1 on CPU)")
+    ops.add_argument("--seq-len", type=int, help="prefill sequence length (default 2048 on GPU, 256 on CPU)")
+    ops.add_argument("--decode-batch", type=int, help="sequences per decode step (default 64 on GPU, 4 on CPU)")
+    ops.add_argument("--context", type=int, help="KV-cache length for decode attention (default 2048 on GPU, "
+                                                 "256 on CPU)")
     ops.add_argument("--tp", type=int, default=1, help="time the tensor-parallel shards of this degree (default 1)")
     ops.add_argument("--backward", action="store_true", help="also time forward+backward (training) for prefill")
     ops.add_argument("--gemm-size", type=int, default=None, help="ceiling GEMM N (default 8192 on GPU, 512 on CPU)")
     ops.add_argument("--copy-size", default=None, help="ceiling copy size (default 1G on GPU, 64M on CPU)")
     ops.set_defaults(func=cmd_ops)
 
-    comm = msub.add_parser("comm", help="collectives across the processes torchrun started")
+    comm = msub.add_parser("comm", help="collectives across the processes torchrun started",
+                           description="All-reduce, all-gather, reduce-scatter, broadcast, all-to-all and send/recv "
+                                       "across message sizes, with nccl-tests' algorithm and bus bandwidth; run it "
+                                       "under torchrun (NCCL on GPUs, gloo on CPU).")
     comm.add_argument("--ops", default="all_reduce,all_gather,reduce_scatter,broadcast,all_to_all,send_recv",
                       help="collectives to time")
     comm.add_argument("--sizes", default="1K-1G", help="message sizes: a range of powers of two (1K-1G) or a list")
-    comm.add_argument("--warmup", type=int, default=5)
+    comm.add_argument("--warmup", type=int, default=5, help="untimed calls per size (default 5)")
     comm.add_argument("--iters", type=int, default=20, help="timed calls per size (default 20)")
-    comm.add_argument("--out", help="write the results as JSON (rank 0)")
+    add_output_argument(comm, "write the results as JSON (rank 0)")
     comm.set_defaults(func=cmd_comm)
 
-    layer = msub.add_parser("layer", help="one layer's time split into attention, MLP, norms and communication")
+    layer = msub.add_parser("layer", help="one layer's time split into attention, MLP, norms and communication",
+                            description="The paper's module-wise analysis: one decoder layer's operators measured "
+                                        "at the tensor-parallel shard shapes of each degree, plus two all-reduces "
+                                        "per layer (measured with --comm, else estimated from the catalog link).")
     _common(layer)
     layer.add_argument("--tp", type=_ints, default=[1, 2, 4, 8], help="tensor-parallel degrees (default 1,2,4,8)")
-    layer.add_argument("--phase", choices=["prefill", "decode"], default="prefill")
+    layer.add_argument("--phase", choices=["prefill", "decode"], default="prefill", help="default prefill")
     layer.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
-    layer.add_argument("--seq-len", type=int, default=2048, help="prefill length, or decode context (default 2048)")
+    layer.add_argument("--seq-len", type=int, help="prefill length, or decode context (default 2048 on GPU, "
+                                                   "256 on CPU)")
     layer.add_argument("--attn", default="sdpa-flash", help="attention implementation (default sdpa-flash)")
     layer.add_argument("--comm", help="results JSON of `micro comm` to take all-reduce times from")
     layer.add_argument("--gpu", default="h100", help="catalog GPU whose link bandwidth estimates communication "
                                                      "when --comm is not given (default h100)")
     layer.set_defaults(func=cmd_layer)
 
-    prof = msub.add_parser("profile", help="measure ceilings and operator cost tables for the simulated engine")
+    prof = msub.add_parser("profile", help="measure ceilings and operator cost tables for the simulated engine",
+                           description="Measured GEMM and copy ceilings plus per-layer operator tables by token "
+                                       "count, written as a profile that `loadgen run --profile` loads.")
     _common(prof)
     prof.add_argument("--gpu", default=None, help="catalog GPU this profile stands for (recorded; default: none)")
-    prof.add_argument("--tokens", type=_ints, default=[1, 4, 16, 64, 256, 1024, 4096, 16384],
-                      help="token counts for the per-layer operator tables")
-    prof.add_argument("--prefill-seqs", type=_ints, default=[128, 512, 2048, 4096],
-                      help="sequence lengths for prefill attention")
-    prof.add_argument("--decode", type=_pairs, default=[(1, 512), (8, 2048), (32, 2048), (128, 2048), (256, 4096)],
-                      help="BATCHxCONTEXT points for decode attention")
+    prof.add_argument("--tokens", type=_ints, default=None,
+                      help="token counts for the per-layer operator tables (default 1,4,...,16384 on GPU, "
+                           "1,16,256 on CPU)")
+    prof.add_argument("--prefill-seqs", type=_ints, default=None,
+                      help="sequence lengths for prefill attention (default 128,512,2048,4096 on GPU, 64,256 on CPU)")
+    prof.add_argument("--decode", type=_pairs, default=None,
+                      help="BATCHxCONTEXT points for decode attention (default 1x512,...,256x4096 on GPU, "
+                           "1x256,4x256 on CPU)")
     prof.add_argument("--attn", default="sdpa-flash", help="attention implementation (default sdpa-flash)")
-    prof.add_argument("--gemm-size", type=int, default=None)
-    prof.add_argument("--copy-size", default=None)
+    prof.add_argument("--gemm-size", type=int, default=None, help="ceiling GEMM N (default 8192 on GPU, 512 on CPU)")
+    prof.add_argument("--copy-size", default=None, help="ceiling copy size (default 1G on GPU, 64M on CPU)")
     prof.set_defaults(func=cmd_profile)
     return parser
 
@@ -151,13 +220,43 @@ def _ceiling_sizes(args, device) -> tuple[int, int]:
 
 
 def _write(args, data: dict) -> None:
-    if args.out:
-        Path(args.out).write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
 
 
 def _fmt(v, digits=1) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def _sig(v) -> str:
+    """A rate with three significant figures below 100, so a small one never prints as 0.0."""
+    if v is None:
+        return "-"
+    if v == 0 or abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def _progress(items, args, desc: str):
+    """A progress bar on stderr that shows itself only once a run has taken two seconds (quiet with --quiet)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="op", delay=2.0, disable=args.quiet, file=sys.stderr, leave=False)
+
+
+def rate_unit(gemm_tflops: float) -> tuple[str, float]:
+    """TFLOP/s on a GPU; GFLOP/s where the GEMM ceiling is under 1 TFLOP/s (a CPU), so no figure prints as 0.0."""
+    return ("TFLOP/s", 1.0) if gemm_tflops >= 1.0 else ("GFLOP/s", 1e3)
+
+
+def _of_ceiling(row: dict) -> str:
+    frac = row.get("fraction_of_ceiling")
+    if frac is None:
+        return "-"
+    share = "<1%" if frac < 0.005 else f"{frac:.0%}"
+    return f"{share} {row['ceiling']}" + (" !" if frac > 1.0 else "")
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
@@ -168,6 +267,8 @@ def cmd_ops(args: argparse.Namespace) -> int:
     from training_bench.profile import device_name
 
     model = get_model(args.model)
+    device = pick_device(args.device)
+    _resolve(args, device, "dtype", "warmup", "reps", "prefill_batch", "seq_len", "decode_batch", "context", "attn")
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
     bad = [g for g in only if g not in O.GROUPS]
     if bad:
@@ -176,24 +277,30 @@ def cmd_ops(args: argparse.Namespace) -> int:
     bad = [i for i in impls if i not in O.ATTENTION_IMPLS]
     if bad:
         raise BenchError(f"unknown attention implementation(s) {', '.join(bad)}; choose from {', '.join(O.ATTENTION_IMPLS)}")
-    device, dtype = pick_device(args.device), _dtype(args)
+    cases = O.op_cases(model, args.prefill_batch, args.seq_len, args.decode_batch, args.context, args.tp, only, impls,
+                       args.backward, phases=("prefill", "decode"))
+    dtype = _dtype(args)
     gemm_n, copy_bytes = _ceiling_sizes(args, device)
     gemm = gemm_ceiling(device, dtype, gemm_n, args.warmup, args.reps)
     copy = copy_ceiling(device, copy_bytes, args.warmup, args.reps)
-    cases = O.op_cases(model, args.prefill_batch, args.seq_len, args.decode_batch, args.context, args.tp, only, impls,
-                       args.backward, phases=("prefill", "decode") + (() if not args.backward else ()))
     rows = []
-    for case in cases:
+    for case in _progress(cases, args, "micro ops"):
         r = O.run_case(case, device, dtype, args.warmup, args.reps)
         rows.append(r.as_dict(gemm["tflops"], copy["gbs"]))
+    unit, scale = rate_unit(gemm["tflops"])
     table = [[r["phase"], r["name"], r["shape"], _fmt(r.get("median_ms"), 3), _fmt(r.get("p90_ms"), 3),
-              _fmt(r.get("tflops")), _fmt(r.get("gbs")), r.get("bound") or "-",
-              "-" if r.get("fraction_of_ceiling") is None else f"{r['fraction_of_ceiling']:.0%}",
-              r.get("skipped", "")[:60]] for r in rows]
-    print(f"{device_name(device)}, {args.dtype}, {model.name} shapes (tp {args.tp}); ceilings: GEMM "
-          f"{gemm['tflops']:.1f} TFLOP/s ({gemm['op']}), copy {copy['gbs']:.1f} GB/s ({copy['op']}, read+write)")
-    print(tabulate(table, headers=["phase", "op", "shape", "median ms", "p90 ms", "TFLOP/s", "GB/s", "bound",
+              _sig(None if r.get("tflops") is None else r["tflops"] * scale), _sig(r.get("gbs")),
+              r.get("bound") or "-", _of_ceiling(r), r.get("skipped", "")[:60]] for r in rows]
+    print(f"{device_name(device)}, {args.dtype}, {model.name} shapes (tp {args.tp}); prefill {args.prefill_batch} x "
+          f"{args.seq_len}, decode {args.decode_batch} x {args.context}; ceilings: GEMM "
+          f"{_sig(gemm['tflops'] * scale)} {unit} ({gemm['op']}), copy {_sig(copy['gbs'])} GB/s ({copy['op']}, "
+          "read+write)")
+    print(tabulate(table, headers=["phase", "op", "shape", "median ms", "p90 ms", unit, "GB/s", "bound",
                                    "of ceiling", "skipped"], disable_numparse=True))
+    print("bound: matrix operators only (GEMMs, attention), from the roofline of the two measured ceilings; the "
+          "others run on vector units, whose ceiling is not measured, and are given as a share of the copy "
+          "bandwidth." + (" !: above the measured ceiling (inputs left in cache, or a shape the ceiling's size "
+                          "under-measures)." if any((r.get("fraction_of_ceiling") or 0) > 1 for r in rows) else ""))
     _write(args, {"device": device_name(device), "model": model.name, "dtype": args.dtype, "tp": args.tp,
                   "prefill": {"batch": args.prefill_batch, "seq_len": args.seq_len},
                   "decode": {"batch": args.decode_batch, "context": args.context},
@@ -236,10 +343,14 @@ def cmd_layer(args: argparse.Namespace) -> int:
     from training_bench.profile import device_name
 
     model = get_model(args.model)
-    device, dtype = pick_device(args.device), _dtype(args)
+    for t in args.tp:  # every degree checked before the first is measured
+        O.check_tp(model, t)
+    device = pick_device(args.device)
+    _resolve(args, device, "dtype", "warmup", "reps", "seq_len")
+    dtype = _dtype(args)
     comm_results = json.loads(Path(args.comm).read_text())["results"] if args.comm else None
     breakdowns = []
-    for t in args.tp:
+    for t in _progress(args.tp, args, "micro layer"):
         phase_tokens = args.batch * args.seq_len if args.phase == "prefill" else args.batch
         cases = O.op_cases(model, args.batch, args.seq_len, args.batch, args.seq_len, t,
                            only=("gemm", "attention", "norm", "rope", "activation"), attention_impls=(args.attn,),
@@ -265,23 +376,30 @@ def cmd_profile(args: argparse.Namespace) -> int:
     model = get_model(args.model)
     if args.gpu:
         get_gpu(args.gpu)
-    device, dtype = pick_device(args.device), _dtype(args)
+    device = pick_device(args.device)
+    _resolve(args, device, "dtype", "warmup", "reps", "tokens", "prefill_seqs", "decode")
+    dtype = _dtype(args)
     gemm_n, copy_bytes = _ceiling_sizes(args, device)
     profile = build_profile(model, device, dtype, args.tokens, args.prefill_seqs, args.decode, args.attn, gemm_n,
                             copy_bytes, args.warmup, args.reps, get_gpu(args.gpu).key if args.gpu else None,
-                            progress=lambda msg: print(f"profile: {msg}", file=sys.stderr))
+                            progress=(lambda msg: None) if args.quiet else
+                            (lambda msg: print(f"profile: {msg}", file=sys.stderr)))
     profile["command"] = sys.argv
     c = profile["ceilings"]
-    print(f"{profile['device']}: GEMM {c['gemm']['tflops']:.1f} TFLOP/s, copy {c['copy']['gbs']:.1f} GB/s; "
+    unit, scale = rate_unit(c["gemm"]["tflops"])
+    print(f"{profile['device']}: GEMM {c['gemm']['tflops'] * scale:,.1f} {unit}, copy {c['copy']['gbs']:.1f} GB/s; "
           f"{sum(len(v.get('seconds', [])) for v in profile['ops'].values())} operator points")
-    if not args.out:
-        args.out = "profile.json"
+    if not args.output:
+        args.output = "profile.json"
     _write(args, profile)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from training_bench.fast_paths import quiet_imports
+
+    quiet_imports()
     try:
         return args.func(args)
     except (BenchError, CatalogError) as exc:

@@ -22,6 +22,10 @@ from training_bench.timing import Timing, copies_for, measure
 
 ATTENTION_IMPLS = ("eager", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math")
 GROUPS = ("gemm", "attention", "norm", "rope", "activation", "softmax", "embedding")
+# Operators that run on the matrix units whose ceiling the GEMM measures. The others run on vector units, whose
+# compute ceiling is not measured, so they are set against the copy bandwidth only and never called compute-bound
+# (on a CPU, where bf16 GEMMs are slow, the GEMM ridge point would call RMSNorm compute-bound).
+MATRIX_GROUPS = ("gemm", "attention")
 
 
 @dataclass
@@ -56,14 +60,15 @@ class OpResult:
         gbs = c.bytes / t / 1e9
         intensity = c.flops / c.bytes if c.bytes else math.inf
         ridge = (gemm_ceiling * 1e12) / (copy_ceiling * 1e9) if gemm_ceiling and copy_ceiling else None
-        bound = None if ridge is None else ("compute" if intensity >= ridge else "memory")
-        frac = None
+        bound = frac = ceiling = None
+        if c.group in MATRIX_GROUPS and ridge is not None:
+            bound = "compute" if intensity >= ridge else "memory"
         if bound == "compute" and tflops is not None:
-            frac = tflops / gemm_ceiling
-        elif bound == "memory":
-            frac = gbs / copy_ceiling
+            frac, ceiling = tflops / gemm_ceiling, "gemm"
+        elif copy_ceiling:
+            frac, ceiling = gbs / copy_ceiling, "copy"
         return {**out, **self.timing.as_dict(), "tflops": tflops, "gbs": gbs, "intensity_flop_per_byte": intensity,
-                "bound": bound, "fraction_of_ceiling": frac}
+                "bound": bound, "fraction_of_ceiling": frac, "ceiling": ceiling}
 
 
 def _randn(shape, device, dtype, requires_grad=False) -> torch.Tensor:
@@ -211,16 +216,21 @@ def _embedding(tokens, vocab, hidden):
     return make
 
 
+def check_tp(model: ModelSpec, tp: int) -> None:
+    """Tensor parallelism t shards heads, KV heads, the MLP and the vocabulary t ways: each must divide."""
+    for what, n in (("heads", model.num_heads), ("KV heads", model.num_kv_heads),
+                    ("intermediate size", model.intermediate_size), ("vocabulary", model.vocab_size)):
+        if n % tp:
+            raise BenchError(f"{model.name}: {what} ({n}) do not divide by tensor parallel degree {tp}; choose --tp "
+                             f"from the divisors of {n}")
+
+
 def op_cases(model: ModelSpec, prefill_batch: int, seq_len: int, decode_batch: int, context: int, tp: int = 1,
              only: tuple[str, ...] = GROUPS, attention_impls: tuple[str, ...] = ("sdpa-flash",),
              backward: bool = False, phases: tuple[str, ...] = ("prefill", "decode")) -> list[OpCase]:
     """The operators of one decoder layer (plus embedding and LM head) for prefill and decode."""
     h, inter, hd = model.hidden_size, model.intermediate_size, model.head_dim
-    for what, n in (("heads", model.num_heads), ("KV heads", model.num_kv_heads), ("intermediate size", inter),
-                    ("vocabulary", model.vocab_size)):
-        if n % tp:
-            raise BenchError(f"{model.name}: {what} ({n}) do not divide by tensor parallel degree {tp}; choose --tp "
-                             f"from the divisors of {n}")
+    check_tp(model, tp)
     heads, kv_heads = model.num_heads // tp, model.num_kv_heads // tp
     cases: list[OpCase] = []
     runs = [(p, False) for p in phases] + ([("prefill", True)] if backward and "prefill" in phases else [])
