@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -65,6 +64,27 @@ def run_point(argv: list[str], out: Path, env: dict, timeout: float) -> dict:
     else:
         result["stderr"] = proc.stderr[-3000:]
     return result
+
+
+def stop_detached(pid: int, grace_s: float = 60.0) -> None:
+    """SIGTERM to the detached server's process group, SIGKILL after the grace period; returns once it is gone,
+    so the next server finds the GPU's memory free."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+        time.sleep(2)
+    except ProcessLookupError:
+        pass
 
 
 def main() -> int:
@@ -165,7 +185,7 @@ def main() -> int:
         if server is not None:
             server.stop()
         elif args.stop_server and report.get("server", {}).get("pid"):
-            os.killpg(report["server"]["pid"], signal.SIGTERM)
+            stop_detached(report["server"]["pid"])
     return 0
 
 
