@@ -330,7 +330,7 @@ def test_sweep_runs_the_axes_refuses_what_cannot_run_and_recommends(tmp_path):
     fastest = max((p for p in report["points"] if p["result"]),
                   key=lambda p: p["result"]["throughput"]["tokens_per_s"])
     assert report["recommended"][0]["label"] == fastest["label"]
-    assert f"recommended: fastest that fits for full tiny" in proc.stdout and fastest["label"] in proc.stdout
+    assert "recommended: fastest that fits for full tiny" in proc.stdout and fastest["label"] in proc.stdout
     # the recommendation can be made again from the file, without running anything
     again = bench("sweep", "--from", str(out))
     assert again.returncode == 0 and fastest["label"] in again.stdout
