@@ -120,6 +120,19 @@ class GroundTruth:
     completion_tokens: int = 0
     preemptions: int = 0
     status: str = "running"
+    # Fixed timing only: when its first and last token were due. The stamps above can only be later (by how late
+    # this machine woke the sim); a test checks the schedule exactly with these, whatever the machine's load.
+    due_first_token_ns: int | None = None
+    due_finished_ns: int | None = None
+
+
+def _note_due(truth: GroundTruth, ev: TokenEvent) -> None:
+    if ev.due_s is not None:
+        due_ns = round(ev.due_s * 1e9)
+        if truth.due_first_token_ns is None:
+            truth.due_first_token_ns = due_ns
+        if ev.finished:
+            truth.due_finished_ns = due_ns
 
 
 class FrontEnd:
@@ -260,8 +273,9 @@ class SimEngine:
                 op, arg = self._inbox.popleft()
                 if op == "add":
                     req: SimRequest = arg  # type: ignore[assignment]
-                    heapq.heappush(self._due, (time.perf_counter() + ttft, next(self._seq), req.rid, 1,
-                                               req.max_tokens))
+                    # from when the request was received, not when this thread got to it
+                    start = req.received_s if req.received_s is not None else time.perf_counter()
+                    heapq.heappush(self._due, (start + ttft, next(self._seq), req.rid, 1, req.max_tokens))
                 else:
                     aborted.add(arg)  # type: ignore[arg-type]
             if not self._due:
@@ -280,7 +294,7 @@ class SimEngine:
                 due, _, rid, k, n = heapq.heappop(self._due)
                 if rid in aborted:
                     continue
-                events.append(TokenEvent(rid, 1, k == n))
+                events.append(TokenEvent(rid, 1, k == n, due))
                 if k < n:
                     heapq.heappush(self._due, (due + itl, next(self._seq), rid, k + 1, n))
             if events:
@@ -459,7 +473,7 @@ class SimServer:
             ready = self.engine.frontend.intake(time.perf_counter()) + self.config.cost.request_overhead_s
             if ready > time.perf_counter():
                 await asyncio.sleep(ready - time.perf_counter())
-        queue = self.engine.submit(SimRequest(rid, prompt_tokens, max_tokens))
+        queue = self.engine.submit(SimRequest(rid, prompt_tokens, max_tokens, received_s=received_ns * 1e-9))
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
         created = int(time.time())
@@ -496,6 +510,7 @@ class SimServer:
             chunk = f"data: {head}{payload},\"finish_reason\":{finish}}}]}}\n\n"
             if truth.first_token_ns is None:
                 truth.first_token_ns = time.perf_counter_ns()
+            _note_due(truth, ev)
             await resp.write(chunk.encode())
             if ev.finished:
                 break
@@ -518,6 +533,7 @@ class SimServer:
             ev = await queue.get()
             if truth.first_token_ns is None:
                 truth.first_token_ns = time.perf_counter_ns()
+            _note_due(truth, ev)
             n += ev.tokens
             if ev.finished:
                 break
