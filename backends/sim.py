@@ -103,6 +103,12 @@ class SimConfig:
         return (f"roofline from catalog datasheet peaks ({self.gpu.name}: {self.gpu.peak_bf16_tflops:g} TFLOP/s, "
                 f"{self.gpu.hbm_bandwidth_gbs:g} GB/s) with documented efficiencies")
 
+    @property
+    def warnings(self) -> list[str]:
+        """What a user must know before trusting these timings (printed at start, kept in summary.json)."""
+        mismatch = self.profile.device_mismatch(self.gpu) if self.profile is not None and not self.fixed else None
+        return [mismatch] if mismatch else []
+
     def step_cost(self, work: list[SeqWork]) -> IterationCost:
         if self.profile is not None:
             return self.profile.iteration_cost(self.model, self.gpu, self.tp, work, self.cost)
@@ -399,6 +405,8 @@ class SimServer:
                 "max_batched_tokens": cfg.max_batched_tokens,
                 "cost_params": asdict(cfg.cost),
                 "cost_model": cfg.cost_model,
+                "profile_device": cfg.profile.device if cfg.profile is not None else None,
+                "warnings": cfg.warnings,
                 "clock": "time.perf_counter_ns (CLOCK_MONOTONIC)",
             }
         )
@@ -612,6 +620,8 @@ def _seconds(text: str) -> float:
 def serve(config: SimConfig, host: str, port: int) -> None:
     """Run the sim server in the foreground until SIGINT/SIGTERM; prints one readiness line."""
     server = SimServer(config)
+    for warning in config.warnings:
+        print(f"sim: warning: {warning}", file=sys.stderr, flush=True)
 
     def started(bound: int) -> None:
         print(f"dissect sim (SIMULATED {config.model.name} on {config.tp}x {config.gpu.key}) "

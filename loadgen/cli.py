@@ -295,7 +295,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"sweep interrupted after {len(points)} point(s); results in {base}", file=sys.stderr)
         return 130
-    simulated = config is not None
+    simulated = bool(json.loads((base / "sweep.json").read_text()).get("simulated")) if points else config is not None
     text = sweep_table(sorted(points, key=lambda p: (p["qps"] or 0, p["concurrency"] or 0)), simulated)
     if search is not None:
         best = search["highest_meeting"]

@@ -62,8 +62,9 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
         "scenario": opts.scenario_name,
         "backend": endpoint.info,
         "model": endpoint.model,
-        "gpu": opts.gpu if endpoint.simulated else None,
-        "gpus": opts.gpus if endpoint.simulated else None,
+        # what the sim stands for, from the sim itself (an attached serve-sim was started with its own flags)
+        "gpu": (endpoint.info.get("sim") or {}).get("gpu", opts.gpu) if endpoint.simulated else None,
+        "gpus": (endpoint.info.get("sim") or {}).get("tp", opts.gpus) if endpoint.simulated else None,
         "endpoint": protocol.endpoint,
         "path": protocol.path_for(endpoint.model),
         "ignore_eos": protocol.ignore_eos,
@@ -113,7 +114,9 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     summary = summarize(records, slo, simulated=endpoint.simulated)
     summary["prompt_source"] = workload.prompt_source
     if endpoint.simulated:
-        summary["sim_cost_model"] = (endpoint.info.get("sim") or {}).get("cost_model")
+        sim_info = endpoint.info.get("sim") or {}
+        summary["sim_cost_model"] = sim_info.get("cost_model")
+        summary["warnings"].extend(sim_info.get("warnings") or [])
     summary["client"] = client_summary(client_cpu, outcome.workers)
     warning = client_cpu_warning(summary["client"]["busiest_process_cpu_s"], summary["client"]["wall_s"])
     if warning:

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
+import logging
 import os
+import sys
+import urllib.request
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,11 +34,13 @@ from loadgen.client import Target, make_session, send_request
 from loadgen.distributions import LengthDistribution
 from loadgen.metrics import itl_ms, summarize, tpot_ms, ttft_ms
 from loadgen.records import RecordWriter, RequestRecord, read_records
+from loadgen.report import SIM_BANNER
 from loadgen.rundir import environment as host_environment  # `environment` is Locust's, below
 from loadgen.rundir import utc_now, write_json
 from loadgen.workload import Workload
 
 RECORDS_MESSAGE = "loadgen_records"
+log = logging.getLogger("loadgen.locust")
 CANCEL_WAIT_S = 5.0  # a cancelled request returns its record at once; this only bounds a wedged one
 
 
@@ -261,6 +267,28 @@ def _on_init(environment, **_kwargs) -> None:
     environment.events.quit.add_listener(lambda **_kw: _finish(environment))
 
 
+def _answers_as_the_sim(host: str | None) -> bool:
+    """Whether the target is dissect's simulated engine (it serves /sim/info), whatever the flags said."""
+    if not host:
+        return False
+    try:
+        with urllib.request.urlopen(host.rstrip("/") + "/sim/info", timeout=5) as resp:
+            data = json.loads(resp.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("simulated") is True and "cost_model" in data
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_kwargs) -> None:
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    o = environment.parsed_options
+    environment.loadgen_simulated = bool(o.loadgen_simulated) or _answers_as_the_sim(environment.host or o.host)
+    if environment.loadgen_simulated:
+        log.warning(f"{SIM_BANNER} Target: {environment.host or o.host}")
+
+
 @events.test_stopping.add_listener
 def _on_stopping(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner):
@@ -301,6 +329,9 @@ def _write_final_csv(environment) -> None:
 def _finish(environment) -> None:
     """After the test: the final CSVs, then summary.json and run.json from requests.jsonl."""
     _write_final_csv(environment)
+    simulated = bool(getattr(environment, "loadgen_simulated", environment.parsed_options.loadgen_simulated))
+    if simulated:  # under Locust's final table, which cannot say it
+        print(f"\n{SIM_BANNER} Every figure above is simulated.", file=sys.stderr, flush=True)
     writer = getattr(environment, "loadgen_writer", None)
     if writer is None:
         return
@@ -316,13 +347,13 @@ def _finish(environment) -> None:
             r.finished_s -= t0
             if r.first_token_s is not None:
                 r.first_token_s -= t0
-    summary = summarize(records, None, simulated=bool(o.loadgen_simulated))
+    summary = summarize(records, None, simulated=simulated)
     summary["prompt_source"] = "approximation: one common English word per token (no tokenizer given)"
     summary["load_generator"] = "locust"
     write_json(run_dir / "summary.json", summary)
     write_json(run_dir / "run.json", {
         "status": "finished", "finished_at": utc_now(), "environment": host_environment(),
-        "backend": {"name": "locust", "url": o.host, "simulated": bool(o.loadgen_simulated)},
+        "backend": {"name": "locust", "url": o.host, "simulated": simulated},
         "model": o.loadgen_model, "endpoint": o.loadgen_endpoint,
         "workload": {"source": "synthetic", "input_len": str(LengthDistribution.parse(o.loadgen_input_len)),
                      "output_len": str(LengthDistribution.parse(o.loadgen_output_len)), "seed": o.loadgen_seed},

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+SIM_BANNER = "SIMULATED: timings come from dissect's engine model, not from a real GPU."
 COLUMNS = ("mean", "p50", "p90", "p95", "p99", "max")
 METRICS = (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2EL", "e2el_ms"))
 
@@ -17,7 +18,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def format_summary(summary: dict, run_dir: Path | None = None) -> str:
     lines: list[str] = []
     if summary.get("simulated"):
-        lines.append("SIMULATED: timings come from dissect's engine model, not from a real GPU.")
+        lines.append(SIM_BANNER)
         if summary.get("sim_cost_model"):
             lines.append(f"sim cost model: {summary['sim_cost_model']}")
     rows = []
