@@ -87,6 +87,7 @@ def sweep_rows(points: list[dict]) -> list[list]:
 
 def sweep_table(points: list[dict], simulated: bool) -> str:
     head = "SIMULATED: timings come from dissect's engine model, not from a real GPU.\n" if simulated else ""
-    return head + tabulate(sweep_rows(points), headers=["load", "req/s", "out tok/s", "TTFT p50", "TTFT p99",
-                                                        "TPOT p50", "TPOT p99", "E2EL p50", "SLO met", "ok"],
+    return head + tabulate(sweep_rows(points), headers=["load", "req/s", "out tok/s", "TTFT p50 (ms)",
+                                                        "TTFT p99 (ms)", "TPOT p50 (ms)", "TPOT p99 (ms)",
+                                                        "E2EL p50 (ms)", "SLO met", "ok"],
                            tablefmt="simple", disable_numparse=True)
