@@ -28,6 +28,15 @@ LAYER_OPS = ("qkv", "o_proj", "gate_up", "down", "rmsnorm", "rope", "silu_mul")
 SHARDED = {"qkv", "o_proj", "gate_up", "down", "rope", "silu_mul", "lm_head"}
 
 
+def _squash(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def _gpu_family(key: str) -> str:
+    """The part of a catalog key a device name contains: h100-sxm -> h100, rtx4090 -> rtx4090."""
+    return _squash(key.split("-")[0])
+
+
 class _Table:
     """Linear interpolation between measured points; below the smallest point its time holds (small kernels
     are launch-bound), beyond the largest the time scales in proportion."""
@@ -87,6 +96,15 @@ class Profile:
             return f"measured profile {self.path} ({self.device}): per-operator tables for {self.model}"
         return (f"measured profile {self.path} ({self.device}): ceilings only (GEMM {self.gemm_tflops:.0f} TFLOP/s, "
                 f"copy {self.copy_gbs:.0f} GB/s); its operator tables are for {self.model}, not {model.name}")
+
+    def device_mismatch(self, gpu: GPUSpec) -> str | None:
+        """Why this profile does not stand for `gpu`, or None when it was measured on that GPU. Its step times are
+        the measured device's: a profile made on a CPU and loaded as an H100 made a 100-request run take hours."""
+        if _gpu_family(gpu.key) in _squash(self.device):
+            return None
+        return (f"profile {self.path} was measured on {self.device!r}, not on the {gpu.key} ({gpu.name}) this sim "
+                f"stands for, so its timings are that device's; measure one on a {gpu.key} "
+                f"(`python -m training_bench micro profile` there) or drop --profile")
 
     def ceiling_gpu(self, gpu: GPUSpec) -> GPUSpec:
         """The catalog GPU with datasheet peaks replaced by this profile's measured ceilings."""

@@ -103,6 +103,12 @@ class SimConfig:
         return (f"roofline from catalog datasheet peaks ({self.gpu.name}: {self.gpu.peak_bf16_tflops:g} TFLOP/s, "
                 f"{self.gpu.hbm_bandwidth_gbs:g} GB/s) with documented efficiencies")
 
+    @property
+    def warnings(self) -> list[str]:
+        """What a user must know before trusting these timings (printed at start, kept in summary.json)."""
+        mismatch = self.profile.device_mismatch(self.gpu) if self.profile is not None and not self.fixed else None
+        return [mismatch] if mismatch else []
+
     def step_cost(self, work: list[SeqWork]) -> IterationCost:
         if self.profile is not None:
             return self.profile.iteration_cost(self.model, self.gpu, self.tp, work, self.cost)
@@ -120,6 +126,19 @@ class GroundTruth:
     completion_tokens: int = 0
     preemptions: int = 0
     status: str = "running"
+    # Fixed timing only: when its first and last token were due. The stamps above can only be later (by how late
+    # this machine woke the sim); a test checks the schedule exactly with these, whatever the machine's load.
+    due_first_token_ns: int | None = None
+    due_finished_ns: int | None = None
+
+
+def _note_due(truth: GroundTruth, ev: TokenEvent) -> None:
+    if ev.due_s is not None:
+        due_ns = round(ev.due_s * 1e9)
+        if truth.due_first_token_ns is None:
+            truth.due_first_token_ns = due_ns
+        if ev.finished:
+            truth.due_finished_ns = due_ns
 
 
 class FrontEnd:
@@ -260,8 +279,9 @@ class SimEngine:
                 op, arg = self._inbox.popleft()
                 if op == "add":
                     req: SimRequest = arg  # type: ignore[assignment]
-                    heapq.heappush(self._due, (time.perf_counter() + ttft, next(self._seq), req.rid, 1,
-                                               req.max_tokens))
+                    # from when the request was received, not when this thread got to it
+                    start = req.received_s if req.received_s is not None else time.perf_counter()
+                    heapq.heappush(self._due, (start + ttft, next(self._seq), req.rid, 1, req.max_tokens))
                 else:
                     aborted.add(arg)  # type: ignore[arg-type]
             if not self._due:
@@ -280,7 +300,7 @@ class SimEngine:
                 due, _, rid, k, n = heapq.heappop(self._due)
                 if rid in aborted:
                     continue
-                events.append(TokenEvent(rid, 1, k == n))
+                events.append(TokenEvent(rid, 1, k == n, due))
                 if k < n:
                     heapq.heappush(self._due, (due + itl, next(self._seq), rid, k + 1, n))
             if events:
@@ -385,6 +405,8 @@ class SimServer:
                 "max_batched_tokens": cfg.max_batched_tokens,
                 "cost_params": asdict(cfg.cost),
                 "cost_model": cfg.cost_model,
+                "profile_device": cfg.profile.device if cfg.profile is not None else None,
+                "warnings": cfg.warnings,
                 "clock": "time.perf_counter_ns (CLOCK_MONOTONIC)",
             }
         )
@@ -459,7 +481,7 @@ class SimServer:
             ready = self.engine.frontend.intake(time.perf_counter()) + self.config.cost.request_overhead_s
             if ready > time.perf_counter():
                 await asyncio.sleep(ready - time.perf_counter())
-        queue = self.engine.submit(SimRequest(rid, prompt_tokens, max_tokens))
+        queue = self.engine.submit(SimRequest(rid, prompt_tokens, max_tokens, received_s=received_ns * 1e-9))
         stream = bool(body.get("stream", False))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
         created = int(time.time())
@@ -496,6 +518,7 @@ class SimServer:
             chunk = f"data: {head}{payload},\"finish_reason\":{finish}}}]}}\n\n"
             if truth.first_token_ns is None:
                 truth.first_token_ns = time.perf_counter_ns()
+            _note_due(truth, ev)
             await resp.write(chunk.encode())
             if ev.finished:
                 break
@@ -518,6 +541,7 @@ class SimServer:
             ev = await queue.get()
             if truth.first_token_ns is None:
                 truth.first_token_ns = time.perf_counter_ns()
+            _note_due(truth, ev)
             n += ev.tokens
             if ev.finished:
                 break
@@ -596,6 +620,8 @@ def _seconds(text: str) -> float:
 def serve(config: SimConfig, host: str, port: int) -> None:
     """Run the sim server in the foreground until SIGINT/SIGTERM; prints one readiness line."""
     server = SimServer(config)
+    for warning in config.warnings:
+        print(f"sim: warning: {warning}", file=sys.stderr, flush=True)
 
     def started(bound: int) -> None:
         print(f"dissect sim (SIMULATED {config.model.name} on {config.tp}x {config.gpu.key}) "

@@ -25,6 +25,7 @@ class SimRequest:
     blocks: int = 0
     preemptions: int = 0
     admitted_step: int | None = None  # iteration at which it first entered the running set
+    received_s: float | None = None  # perf_counter when the server received it (the fixed timing counts from it)
 
     @property
     def seq_len(self) -> int:
@@ -54,6 +55,7 @@ class TokenEvent:
     rid: str
     tokens: int
     finished: bool
+    due_s: float | None = None  # fixed timing: when the schedule made it due (perf_counter)
 
 
 @dataclass

@@ -323,7 +323,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"sweep interrupted after {len(points)} point(s); results in {base}", file=sys.stderr)
         return 130
-    simulated = config is not None
+    simulated = bool(json.loads((base / "sweep.json").read_text()).get("simulated")) if points else config is not None
     text = sweep_table(sorted(points, key=lambda p: (p["qps"] or 0, p["concurrency"] or 0)), simulated,
                        args.slo_fraction, args.rate_tolerance)
     if search is not None:
@@ -454,10 +454,18 @@ def cmd_serve_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def param_size(n: int) -> str:
+    """7.00B, 1.2M, 40.5K: a tiny model is not `0.00B`."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix}" if suffix == "B" else f"{n / scale:.1f}{suffix}"
+    return str(n)
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    rows = [[m.name, ",".join(m.aliases), f"{m.param_count / 1e9:.2f}B", m.num_layers, m.hidden_size,
+    rows = [[m.name, ",".join(m.aliases), param_size(m.param_count), m.num_layers, m.hidden_size,
              f"{m.num_heads}/{m.num_kv_heads}", m.vocab_size, m.max_context, m.hf_id or "-"] for m in list_models()]
     print(tabulate(rows, headers=["model", "aliases", "params", "layers", "hidden", "heads/kv", "vocab", "context", "HF id"]))
     print()
@@ -473,9 +481,7 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     spec = get_model(args.model)
     result = write_model_dir(spec, Path(args.out), args.weights, args.force)
     weights = ", ".join(result.weight_files) if result.weight_files else "none (engines initialise them)"
-    n = spec.param_count
-    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-    print(f"{result.path}: {spec.name} ({size} parameters, {spec.num_layers} layers), "
+    print(f"{result.path}: {spec.name} ({param_size(spec.param_count)} parameters, {spec.num_layers} layers), "
           f"tokenizer {result.vocab_size} ids ({result.trained_tokens} learned), weights: {weights}")
     return 0
 

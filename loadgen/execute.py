@@ -62,8 +62,10 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
         "scenario": opts.scenario_name,
         "backend": endpoint.info,
         "model": endpoint.model,
-        "gpu": opts.gpu if endpoint.simulated else None,
-        "gpus": opts.gpus if endpoint.simulated else None,
+        # what the sim stands for, from the sim itself (an attached serve-sim was started with its own flags)
+        "gpu": (endpoint.info.get("sim") or {}).get("gpu", opts.gpu) if endpoint.simulated else None,
+        "gpus": ((endpoint.info.get("sim") or {}).get("tp", opts.gpus) if endpoint.simulated
+                 else opts.gpus if endpoint.server is not None else None),  # a launched framework's GPUs
         "endpoint": protocol.endpoint,
         "path": protocol.path_for(endpoint.model),
         "ignore_eos": protocol.ignore_eos,
@@ -74,8 +76,16 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     }
     write_json(run_dir / "run.json", run_info)
     total = None if plan.num_requests is None else plan.num_requests + plan.warmup
-    progress = tqdm(total=total, unit="req", disable=bool(opts.quiet), file=sys.stderr, dynamic_ncols=True,
-                    desc=(label or f"{endpoint.info['name']} {endpoint.model}") + (" (SIMULATED)" if endpoint.simulated else ""))
+    desc = (label or f"{endpoint.info['name']} {endpoint.model}") + (" (SIMULATED)" if endpoint.simulated else "")
+    unit = "req"
+    if getattr(workload, "turns", 1) > 1 or getattr(workload, "multi_turn", False):
+        # --num-requests counts conversations but the bar advances per turn, and how many turns a conversation
+        # has is known only as it runs (it ends at a failed turn or at the context): count turns, total unknown
+        if total is not None:
+            desc += f", {total} conversations"
+        total, unit = None, "turn"
+    progress = tqdm(total=total, unit=unit, disable=bool(opts.quiet), file=sys.stderr, dynamic_ncols=True,
+                    desc=desc)
     writer = RecordWriter(run_dir / "requests.jsonl")
     sampler = _start_gpu_sampler(opts, endpoint, run_dir)
     scraper = None
@@ -113,7 +123,9 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     summary = summarize(records, slo, simulated=endpoint.simulated)
     summary["prompt_source"] = workload.prompt_source
     if endpoint.simulated:
-        summary["sim_cost_model"] = (endpoint.info.get("sim") or {}).get("cost_model")
+        sim_info = endpoint.info.get("sim") or {}
+        summary["sim_cost_model"] = sim_info.get("cost_model")
+        summary["warnings"].extend(sim_info.get("warnings") or [])
     summary["client"] = client_summary(client_cpu, outcome.workers)
     warning = client_cpu_warning(summary["client"]["busiest_process_cpu_s"], summary["client"]["wall_s"])
     if warning:

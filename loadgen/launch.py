@@ -13,6 +13,7 @@ import aiohttp
 
 import os
 import shlex
+import sys
 
 from backends import sim as sim_backend
 from backends.launch_spec import LaunchRequest, LaunchSpec
@@ -134,6 +135,16 @@ async def _engine_version(spec: LaunchSpec) -> str | None:
     return lines[-1].strip() if proc.returncode == 0 and lines else None
 
 
+async def _sim_identity(url: str, headers: dict[str, str]) -> dict | None:
+    """The sim's /sim/info when the target is dissect's simulated engine, whatever the flags said: a run against
+    `loadgen serve-sim --url ...` must be labelled simulated like one against `--backend sim`."""
+    try:
+        data = await get_json(url + "/sim/info", headers, timeout=5)
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("simulated") is True and "cost_model" in data else None
+
+
 async def _server_version(url: str, spec: LaunchSpec, launched: bool = True) -> str | None:
     if spec.version_argv and not spec.version_paths:
         # attached by URL, the local install says which server runs only when --engine-path names it
@@ -159,6 +170,8 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
         info: dict = {"name": backend, "simulated": config is not None}
         spec: LaunchSpec | None = None
         if config is not None:
+            for warning in config.warnings:  # before the run, not after hours of it
+                print(f"warning: {warning}", file=sys.stderr)
             port = find_free_port()
             url = f"http://127.0.0.1:{port}"
             argv = sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1", port,
@@ -189,6 +202,13 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
                 spec = launch_spec(opts, backend)
                 info["version"] = await _server_version(url, spec, launched=False)
         info["url"] = url
+        simulated = config is not None
+        if not simulated:
+            sim = await _sim_identity(url, headers)
+            if sim is not None:  # `loadgen serve-sim` (or any server answering as it): its figures are simulated
+                simulated = True
+                info.update(simulated=True, sim=sim, detected="the server answers /sim/info as dissect's "
+                                                              "simulated engine")
         protocol_name = endpoint_name(opts, backend, spec)
         info["endpoint"] = protocol_name
         listed = ((await _probe(url, headers, required=spec is None)) or {}).get("data") or []
@@ -215,7 +235,7 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
         metrics = url + spec.metrics_path if spec is not None and spec.metrics_path else None
         if config is not None:
             metrics = url + "/metrics"
-        yield Endpoint(url, model, max_context, config is not None, info, server, protocol_name, metrics)
+        yield Endpoint(url, model, max_context, simulated, info, server, protocol_name, metrics)
     finally:
         if server is not None:
             server.stop()

@@ -124,6 +124,10 @@ def _run_locust(args, url: str, model: str | None, max_context: int, endpoint: s
                     "--spawn-rate", str(args.spawn_rate or args.users)]
         elif args.users:
             cmd += ["--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users)]
+        if not (args.master or args.workers):
+            # Users finish the request in flight when the test stops, as `loadgen run --duration` does (a
+            # distributed master gives its workers half a second, so there Locust cancels them: `cancelled`).
+            cmd += ["--stop-timeout", f"{args.timeout:g}"]
         if args.master or args.workers:
             cmd += ["--master", "--master-bind-host", "127.0.0.1" if args.workers and not args.master else "*",
                     "--master-bind-port", str(args.master_port)]

@@ -12,7 +12,12 @@ the master (or the local runner), which writes requests.jsonl and, when the test
 from __future__ import annotations
 
 import asyncio
+import csv
+import json
+import logging
 import os
+import sys
+import urllib.request
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,17 +27,21 @@ from gevent.event import AsyncResult
 from gevent.monkey import get_original
 from locust import User, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from backends.registry import protocol_for
 from loadgen.client import Target, make_session, send_request
 from loadgen.distributions import LengthDistribution
 from loadgen.metrics import itl_ms, summarize, tpot_ms, ttft_ms
 from loadgen.records import RecordWriter, RequestRecord, read_records
+from loadgen.report import SIM_BANNER
 from loadgen.rundir import environment as host_environment  # `environment` is Locust's, below
 from loadgen.rundir import utc_now, write_json
 from loadgen.workload import Workload
 
 RECORDS_MESSAGE = "loadgen_records"
+log = logging.getLogger("loadgen.locust")
+CANCEL_WAIT_S = 5.0  # a cancelled request returns its record at once; this only bounds a wedged one
 
 
 class RequestFailed(Exception):
@@ -77,23 +86,48 @@ class AsyncBridge:
         return make_session(0)
 
     def run(self, coro):
-        """Run a coroutine on the loop; the calling greenlet yields until it is done."""
+        """Run a coroutine on the loop; the calling greenlet yields until it is done. If the greenlet is killed
+        meanwhile (Locust stopping its users), the coroutine is cancelled too, so no request outlives the test
+        unseen, and what it returned on cancellation comes back in `Interrupted`."""
         result = AsyncResult()
         watcher = self.hub.loop.async_()
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        task_box: list[asyncio.Task] = []
+
+        def start() -> None:
+            task = self.loop.create_task(coro)
+            task_box.append(task)
+            task.add_done_callback(lambda _: watcher.send())
 
         def deliver() -> None:
-            if future.exception() is not None:
-                result.set_exception(future.exception())
+            task = task_box[0]
+            if task.cancelled():
+                result.set_exception(asyncio.CancelledError())
+            elif task.exception() is not None:
+                result.set_exception(task.exception())
             else:
-                result.set(future.result())
+                result.set(task.result())
 
         watcher.start(deliver)
-        future.add_done_callback(lambda _: watcher.send())
+        self.loop.call_soon_threadsafe(start)
         try:
             return result.get()
+        except gevent.GreenletExit:
+            self.loop.call_soon_threadsafe(lambda: task_box and task_box[0].cancel())
+            try:
+                value = result.get(timeout=CANCEL_WAIT_S)
+            except BaseException:  # never started, or did not finish cancelling in time: nothing to record
+                raise gevent.GreenletExit() from None
+            raise Interrupted(value) from None
         finally:
             watcher.close()
+
+
+class Interrupted(gevent.GreenletExit):
+    """The greenlet was killed mid-request; `value` is what the cancelled coroutine returned."""
+
+    def __init__(self, value) -> None:
+        super().__init__()
+        self.value = value
 
 
 class State:
@@ -154,17 +188,27 @@ class LLMUser(User):
         st = self.state
         spec = next(st.specs)
         target = Target(self.host, st.model, st.protocol, st.headers)
-        record = st.bridge.run(send_request(st.bridge.session, target, spec, st.bridge.origin_ns, "measured",
-                                            None, st.timeout))
-        record.worker = st.worker
-        # Times relative to this process's origin, shifted onto the wall clock so the master can merge workers.
-        shift = st.bridge.origin_wall
+        try:
+            record = st.bridge.run(send_request(st.bridge.session, target, spec, st.bridge.origin_ns, "measured",
+                                                None, st.timeout))
+        except Interrupted as stopped:
+            # Killed by Locust's stop with the request in flight: recorded as `cancelled`, as `loadgen run` does on
+            # Ctrl-C, but not fired into Locust's statistics, which have no entry for a request that never ended.
+            _deliver(self.environment, self._stamped(stopped.value))
+            raise
+        record = self._stamped(record)
+        _fire(self.environment, record)
+        _deliver(self.environment, record)
+
+    def _stamped(self, record: RequestRecord) -> RequestRecord:
+        """Times relative to this process's origin, shifted onto the wall clock so the master can merge workers."""
+        record.worker = self.state.worker
+        shift = self.state.bridge.origin_wall
         for attr in ("sent_s", "finished_s", "first_token_s"):
             value = getattr(record, attr)
             if value is not None:
                 setattr(record, attr, value + shift)
-        _fire(self.environment, record)
-        _deliver(self.environment, record)
+        return record
 
 
 def _first_model(host: str, st: State) -> str:
@@ -218,6 +262,31 @@ def _on_init(environment, **_kwargs) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         environment.loadgen_writer = RecordWriter(run_dir / "requests.jsonl")
         environment.loadgen_count = 0
+    # `quit` fires once the runner has stopped every user (and a master has had its workers' last reports), which
+    # `quitting` does not promise: on SIGTERM Locust fires `quitting` with users still running.
+    environment.events.quit.add_listener(lambda **_kw: _finish(environment))
+
+
+def _answers_as_the_sim(host: str | None) -> bool:
+    """Whether the target is dissect's simulated engine (it serves /sim/info), whatever the flags said."""
+    if not host:
+        return False
+    try:
+        with urllib.request.urlopen(host.rstrip("/") + "/sim/info", timeout=5) as resp:
+            data = json.loads(resp.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("simulated") is True and "cost_model" in data
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_kwargs) -> None:
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    o = environment.parsed_options
+    environment.loadgen_simulated = bool(o.loadgen_simulated) or _answers_as_the_sim(environment.host or o.host)
+    if environment.loadgen_simulated:
+        log.warning(f"{SIM_BANNER} Target: {environment.host or o.host}")
 
 
 @events.test_stopping.add_listener
@@ -228,7 +297,7 @@ def _on_stopping(environment, **_kwargs) -> None:
 
 @events.test_stop.add_listener
 def _on_stop(environment, **_kwargs) -> None:
-    """After every user stopped: requests that finished during stopping go to the master too."""
+    """After every user stopped: requests that finished (or were cancelled) during stopping go to the master."""
     if isinstance(environment.runner, WorkerRunner):
         _flush(environment)
 
@@ -237,12 +306,37 @@ def _on_stop(environment, **_kwargs) -> None:
 def _on_quit(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner):
         _flush(environment)
+
+
+def _write_final_csv(environment) -> None:
+    """Locust's --csv files are rewritten by a greenlet once a second and never after the last requests, so the
+    stats CSV lags the console's final table (locustio/locust#1806: 190 ttft entries against 206 requests in a
+    5 s run). Write them again from the final statistics; each file is replaced whole, so Locust's still-open
+    handles (closed right after this) cannot write into the new one."""
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if not prefix:
         return
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (("_stats.csv", writer.requests_csv), ("_failures.csv", writer.failures_csv),
+                          ("_exceptions.csv", writer.exceptions_csv)):
+        path = Path(prefix + suffix)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            write(csv.writer(f))
+        os.replace(tmp, path)
+
+
+def _finish(environment) -> None:
+    """After the test: the final CSVs, then summary.json and run.json from requests.jsonl."""
+    _write_final_csv(environment)
+    simulated = bool(getattr(environment, "loadgen_simulated", environment.parsed_options.loadgen_simulated))
+    if simulated:  # under Locust's final table, which cannot say it
+        print(f"\n{SIM_BANNER} Every figure above is simulated.", file=sys.stderr, flush=True)
     writer = getattr(environment, "loadgen_writer", None)
     if writer is None:
         return
-    gevent.sleep(0.5)  # let the last worker batches arrive
     writer.close()
+    environment.loadgen_writer = None  # a record arriving after this (a worker's late batch) is not written
     o = environment.parsed_options
     run_dir = Path(o.loadgen_run_dir)
     records = read_records(run_dir / "requests.jsonl")
@@ -253,17 +347,16 @@ def _on_quit(environment, **_kwargs) -> None:
             r.finished_s -= t0
             if r.first_token_s is not None:
                 r.first_token_s -= t0
-    summary = summarize(records, None, simulated=bool(o.loadgen_simulated))
+    summary = summarize(records, None, simulated=simulated)
     summary["prompt_source"] = "approximation: one common English word per token (no tokenizer given)"
     summary["load_generator"] = "locust"
     write_json(run_dir / "summary.json", summary)
     write_json(run_dir / "run.json", {
         "status": "finished", "finished_at": utc_now(), "environment": host_environment(),
-        "backend": {"name": "locust", "url": o.host, "simulated": bool(o.loadgen_simulated)},
+        "backend": {"name": "locust", "url": o.host, "simulated": simulated},
         "model": o.loadgen_model, "endpoint": o.loadgen_endpoint,
         "workload": {"source": "synthetic", "input_len": str(LengthDistribution.parse(o.loadgen_input_len)),
                      "output_len": str(LengthDistribution.parse(o.loadgen_output_len)), "seed": o.loadgen_seed},
         "load": {"mode": "closed", "generator": "locust", "users": o.num_users, "spawn_rate": o.spawn_rate,
                  "run_time": o.run_time},
     })
-

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+SIM_BANNER = "SIMULATED: timings come from dissect's engine model, not from a real GPU."
 COLUMNS = ("mean", "p50", "p90", "p95", "p99", "max")
 METRICS = (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2EL", "e2el_ms"))
 
@@ -14,10 +15,46 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def describe_run(run: dict) -> str:
+    """One line of what was measured, from run.json: without it a 70B run on 8 GPUs reads like a 7B run on one."""
+    backend = run.get("backend") or {}
+    name = backend.get("name", "?")
+    if backend.get("simulated"):
+        where = f"{run.get('gpus') or '?'}x {run.get('gpu') or '?'} (SIMULATED)"
+    elif backend.get("launch_command"):
+        where = f"{run.get('gpus') or '?'} GPU(s), launched by loadgen"
+    else:
+        where = f"server at {backend.get('url', '?')} (GPUs not known to loadgen)"
+    w = run.get("workload") or {}
+    if w.get("source") == "dataset":
+        what = f"dataset {Path(str(w.get('path', w.get('name', '?')))).name}"
+    else:
+        what = f"input {w.get('input_len', '?')} / output {w.get('output_len', '?')} tokens"
+    if w.get("turns"):
+        what += f", {w['turns']} turns"
+    load = run.get("load") or {}
+    if load.get("mode") == "closed":
+        how = f"closed loop, {load.get('concurrency')} users"
+    elif load.get("arrival") == "trace":
+        how = f"trace replay x{load.get('time_scale') or 1:g}"
+    else:
+        how = f"{load.get('arrival', '?')} arrivals at {load.get('qps') or 0:g} req/s"
+    if load.get("num_requests"):
+        unit = "conversations" if w.get("turns") or w.get("multi_turn") else "requests"
+        how += f", {load['num_requests']} {unit}" + (f" (+{load['warmup']} warm-up)" if load.get("warmup") else "")
+    elif load.get("duration_s"):
+        how += f", {load['duration_s']:g} s"
+    return f"measured: {run.get('model', '?')} on {where}, backend {name}; workload {what}; load {how}"
+
+
 def format_summary(summary: dict, run_dir: Path | None = None) -> str:
     lines: list[str] = []
+    if run_dir is not None and (run_dir / "run.json").exists():
+        import json
+
+        lines.append(describe_run(json.loads((run_dir / "run.json").read_text())))
     if summary.get("simulated"):
-        lines.append("SIMULATED: timings come from dissect's engine model, not from a real GPU.")
+        lines.append(SIM_BANNER)
         if summary.get("sim_cost_model"):
             lines.append(f"sim cost model: {summary['sim_cost_model']}")
     rows = []

@@ -18,7 +18,8 @@ def parse_slo(text: str) -> dict[str, float]:
             raise LoadgenError(
                 f"bad SLO {part!r}: write METRIC:LIMIT with METRIC one of {', '.join(SLO_METRICS)}, e.g. ttft:500ms"
             )
-        limit = parse_duration(value, what=f"SLO limit for {name}") * 1e3
+        # a latency limit with no unit is ambiguous (ttft:500 read as seconds passed everything): a unit is required
+        limit = parse_duration(value, what=f"SLO limit {part!r}", require_unit=True) * 1e3
         if limit <= 0:
             raise LoadgenError(f"bad SLO {part!r}: the limit must be positive")
         slos[name] = limit

@@ -133,8 +133,8 @@ def _ms(d: dict, key: str) -> str:
     return "-" if v is None else f"{v:,.1f}"
 
 
-SWEEP_HEADERS = ["load", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "E2EL p50",
-                 "SLO met", "kept up", "ok"]
+SWEEP_HEADERS = ["load", "req/s", "out tok/s", "TTFT p50 (ms)", "TTFT p99 (ms)", "TPOT p50 (ms)", "TPOT p99 (ms)",
+                 "E2EL p50 (ms)", "SLO met", "kept up", "ok"]
 
 
 def _kept_up_cell(v: Verdict, p: dict | None) -> str:

@@ -25,6 +25,17 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{url} not ready")
 
 
+def gone(*pids: int | str, timeout: float = 30.0) -> bool:
+    """True once none of `pids` exists any more (a dead process may take a moment to be reaped on a busy
+    machine: what a test checks is that it goes, not how fast)."""
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class BackgroundServer:
     """A test server in its own process on an ephemeral 127.0.0.1 port, ready when `/health` answers."""
 

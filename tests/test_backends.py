@@ -14,7 +14,7 @@ import pytest
 
 from backends.launch_spec import LaunchRequest
 from backends.registry import FRAMEWORKS, protocol_for
-from conftest import ROOT, BackgroundServer, run_loadgen
+from conftest import ROOT, BackgroundServer, gone, run_loadgen
 
 FIXTURE = [sys.executable, str(ROOT / "tests" / "protocol_fixture.py")]
 HF = {"7b": "meta-llama/Llama-2-7b-hf", "13b": "meta-llama/Llama-2-13b-hf", "70b": "meta-llama/Llama-2-70b-hf"}
@@ -128,8 +128,7 @@ def test_launch_through_the_real_adapter_and_stop(tmp_path):
     assert argv[1].endswith("protocol_fixture.py") and argv[2:4] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert run["backend"]["version"] == "fixture-0.0" and run["backend"]["ready_after_s"] > 0
     assert len((out / "requests.jsonl").read_text().splitlines()) == 20
-    time.sleep(0.3)
-    assert not _alive(_launched_pid(out))  # the launched server is gone
+    assert gone(_launched_pid(out))  # the launched server is gone
 
 
 def test_crash_mid_run_is_recorded_and_leaves_nothing(tmp_path):
@@ -139,7 +138,7 @@ def test_crash_mid_run_is_recorded_and_leaves_nothing(tmp_path):
     # requests 1-10 were served (some were still streaming when request 11 killed the server)
     assert 1 <= status["ok"] <= 10 and sum(status.values()) == 40
     assert status["error:connection"] + status["error:stream"] > 0
-    assert not _alive(_launched_pid(out))
+    assert gone(_launched_pid(out))
 
 
 def test_launch_failure_quotes_the_log_and_leaves_nothing(tmp_path):
@@ -164,8 +163,7 @@ def test_ctrl_c_stops_the_launched_server(tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
-    time.sleep(0.3)
-    assert not _alive(pid)
+    assert gone(pid)
 
 
 def test_port_already_taken_is_a_clear_error(tmp_path):

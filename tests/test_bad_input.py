@@ -31,6 +31,7 @@ CASES = [
     ("url-without-scheme", lambda t: ["--url", "localhost:8000"], "needs a scheme: write http://localhost:8000"),
     ("bad-slo-metric", lambda t: ["--slo", "latency:5s"], "METRIC one of ttft"),
     ("bad-slo-limit", lambda t: ["--slo", "ttft:soon"], "e.g. 500ms"),
+    ("slo-without-unit", lambda t: ["--slo", "ttft:500"], "has no unit: write 500ms or 500s"),
     ("qps-and-concurrency", lambda t: ["--qps", "2", "--concurrency", "4"], "exclude each other"),
     ("sim-with-url", lambda t: ["--backend", "sim", "--url", "http://127.0.0.1:9"], "drop --url"),
     ("model-does-not-fit", lambda t: ["--model", "70b", "--gpus", "1"], "use more GPUs (--gpus)"),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_loadgen
+from conftest import ROOT, gone, run_loadgen
 
 SUMMARY_KEYS = {"requests", "throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "lateness_ms", "simulated"}
 DIST_KEYS = {"mean", "std", "min", "p50", "p90", "p95", "p99", "p999", "max"}
@@ -82,7 +83,7 @@ def test_url_target_and_api_key_never_written(tmp_path, start_sim):
     assert proc.returncode == 0, proc.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["model"] == "my-model"  # taken from /v1/models
-    assert run["backend"]["simulated"] is False  # attached by URL: loadgen cannot vouch for what the server is
+    assert run["backend"]["simulated"] is True  # attached by URL, but the server identifies itself as the sim
     for f in out.iterdir():
         assert "sk-secret-123" not in f.read_text()
     assert len(_read_jsonl(out / "requests.jsonl")) == 20
@@ -117,8 +118,7 @@ def test_ctrl_c_keeps_measurements_and_stops_the_engine(tmp_path):
     assert summary["requests"]["total"] == len(records)
     assert summary["requests"]["completed"] + summary["requests"]["cancelled"] == len(records)
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    time.sleep(0.5)
-    assert not Path(f"/proc/{sim_pid}").exists()
+    assert gone(sim_pid)
 
 
 def test_help_documents_units_and_every_command():
@@ -156,3 +156,37 @@ def test_serve_sim_standalone(tmp_path):
     finally:
         busy.terminate()
         busy.wait(timeout=10)
+
+
+def test_console_header_says_what_was_measured(tmp_path):
+    proc = run_loadgen("run", "--model", "70b", "--gpus", "8", "--qps", "20", "--num-requests", "4", "--input-len",
+                       "64", "--output-len", "4", "--output", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("measured: llama-2-70b on 8x h100-sxm (SIMULATED), backend sim")
+    assert "input fixed:64 / output fixed:4 tokens" in first and "poisson arrivals at 20 req/s, 4 requests" in first
+
+
+def test_conversation_progress_counts_turns_without_a_total_of_conversations(tmp_path):
+    """--num-requests counts conversations; the bar advances per turn, so it must not show turns over
+    conversations (the old bar reached 100% at a quarter of the work, then read 121/...)."""
+    proc = run_loadgen("run", "--turns", "3", "--num-requests", "3", "--concurrency", "2", "--input-len", "20",
+                       "--output-len", "4", "--output", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    assert "3 conversations" in proc.stderr and "9turn" in proc.stderr
+    assert not re.search(r"\b\d+/3\b", proc.stderr)
+    assert "3 conversations" in proc.stdout.splitlines()[0]
+
+
+def test_catalog_prints_a_tiny_model_in_millions():
+    out = run_loadgen("catalog").stdout
+    tiny = next(line for line in out.splitlines() if line.startswith("tiny "))
+    assert "2.6M" in tiny and "0.00B" not in out
+
+
+def test_sweep_table_latency_columns_carry_units(tmp_path):
+    proc = run_loadgen("sweep", "--qps", "20", "--num-requests", "3", "--input-len", "16", "--output-len", "4",
+                       "--output", str(tmp_path / "s"))
+    assert proc.returncode == 0, proc.stderr
+    for column in ("TTFT p50 (ms)", "TTFT p99 (ms)", "TPOT p50 (ms)", "TPOT p99 (ms)", "E2EL p50 (ms)"):
+        assert column in proc.stdout

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_loadgen
+from conftest import ROOT, gone, run_loadgen
 
 ALL_FAULTS = "ok:4,slow:1,http500:1,http429:1,cut:1,malformed:1,stall:1,empty:1,reset:1"
 
@@ -113,7 +114,7 @@ def test_total_timeout(tmp_path, start_fault_server):
     assert proc.returncode == 0
     records = _records(out / "requests.jsonl")
     assert [r["status"] for r in records] == ["timeout"] * 4
-    assert all("within 0.5 s" in r["error"] and 0.45 < r["finished_s"] - r["sent_s"] < 2 for r in records)
+    assert all("within 0.5 s" in r["error"] and 0.45 < r["finished_s"] - r["sent_s"] < 60 for r in records)  # the stall lasts 3600 s
 
 
 def _launched_sim_pid(out: Path) -> int:
@@ -140,8 +141,7 @@ def test_signal_cancels_in_flight_and_stops_the_engine(tmp_path, sig):
     assert len({r["index"] for r in records}) == len(records)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["requests"]["cancelled"] == status["cancelled"]
-    time.sleep(0.5)
-    assert not Path(f"/proc/{sim_pid}").exists()
+    assert gone(sim_pid)
 
 
 def test_second_ctrl_c_forces_exit_and_still_kills_the_engine(tmp_path, start_fault_server):
@@ -157,22 +157,24 @@ def test_second_ctrl_c_forces_exit_and_still_kills_the_engine(tmp_path, start_fa
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode == 130
-    time.sleep(0.5)
-    assert not Path(f"/proc/{sim_pid}").exists()
+    assert gone(sim_pid)
     assert _records(out / "requests.jsonl")  # what finished before is still on disk
 
 
 def test_launch_failure_leaves_nothing_behind(tmp_path):
     """A sim that cannot be ready in time: one-line error naming the log, and no process left."""
     out = tmp_path / "run"
-    before = subprocess.run(["pgrep", "-f", "backends.sim"], capture_output=True, text=True).stdout.split()
     proc = run_loadgen("run", "--startup-timeout", "1ms", "--output", str(out), "--num-requests", "1")
     assert proc.returncode == 2
     first = proc.stderr.strip().splitlines()[0]
     assert "not ready" in first and "server.log" in first and "--startup-timeout" in first
-    time.sleep(0.5)
-    after = subprocess.run(["pgrep", "-f", "backends.sim"], capture_output=True, text=True).stdout.split()
-    assert set(after) <= set(before)
+    port = re.search(r"127\.0\.0\.1:(\d+)/health", first).group(1)
+
+    def ours() -> list[str]:  # by its port: other sims may run on this machine meanwhile
+        found = subprocess.run(["pgrep", "-f", f"backends.sim .*--port {port}( |$)"], capture_output=True, text=True)
+        return found.stdout.split()
+
+    assert gone(*ours())
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
 
 
