@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -193,24 +195,41 @@ def write_random_weights(directory: Path, spec: ModelSpec, seed: int = 0) -> tup
     return tuple(files)
 
 
-def write_model_dir(spec: ModelSpec, out: Path, weights: str = "none", force: bool = False) -> ModelDirResult:
+def write_model_dir(spec: ModelSpec, out: Path, weights: str = "none", force: bool = False,
+                    progress: Callable[[str], None] = lambda message: None) -> ModelDirResult:
+    """A failure (or Ctrl-C) part-way leaves no partial directory: a half-written one would block the retry and
+    could be served with a tokenizer or shards missing. `progress` hears each step that takes seconds."""
     if weights not in ("none", "random"):
         raise BackendError(f"--weights must be none or random, not {weights!r}")
     out = out.expanduser()
     if out.exists() and any(out.iterdir()) and not force:
-        raise BackendError(f"{out} is not empty; choose an empty --out directory or pass --force to overwrite")
+        raise BackendError(f"{out} is not empty; choose an empty --output directory or pass --force to overwrite")
+    created = not out.exists()
+    before = set() if created else {p.name for p in out.iterdir()}
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():
-        if old.is_file() and (old.suffix in WEIGHT_SUFFIXES or old.name == "model.safetensors.index.json"):
-            old.unlink()  # --force: stale shards from a larger model must not be loaded
-    (out / "config.json").write_text(json.dumps(hf_config(spec), indent=2))
-    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2))
-    learned = write_tokenizer(out, spec.vocab_size, spec.max_context)
-    files = write_random_weights(out, spec) if weights == "random" else ()
-    (out / "dissect-model.json").write_text(json.dumps({
-        "catalog_model": spec.name, "weights": weights, "weight_files": list(files),
-        "tokenizer": f"byte-level BPE trained locally on synthetic text: {learned} learned tokens, "
-                     f"{spec.vocab_size - learned} filler tokens, {spec.vocab_size} in all",
-        "note": "random weights: outputs are meaningless; shapes, FLOPs and memory are the real model's",
-    }, indent=2))
+    try:
+        for old in out.iterdir():
+            if old.is_file() and (old.suffix in WEIGHT_SUFFIXES or old.name == "model.safetensors.index.json"):
+                old.unlink()  # --force: stale shards from a larger model must not be loaded
+        (out / "config.json").write_text(json.dumps(hf_config(spec), indent=2))
+        (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2))
+        progress(f"training the tokenizer ({spec.vocab_size:,} ids; about half a minute for 32,000)")
+        learned = write_tokenizer(out, spec.vocab_size, spec.max_context)
+        if weights == "random":
+            progress(f"writing random bf16 weights ({spec.param_count * 2 / 2**30:.1f} GiB)")
+        files = write_random_weights(out, spec) if weights == "random" else ()
+        (out / "dissect-model.json").write_text(json.dumps({
+            "catalog_model": spec.name, "weights": weights, "weight_files": list(files),
+            "tokenizer": f"byte-level BPE trained locally on synthetic text: {learned} learned tokens, "
+                         f"{spec.vocab_size - learned} filler tokens, {spec.vocab_size} in all",
+            "note": "random weights: outputs are meaningless; shapes, FLOPs and memory are the real model's",
+        }, indent=2))
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:  # --force into an existing directory: take back only what this call wrote
+            for path in out.iterdir():
+                if path.name not in before:
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     return ModelDirResult(out, spec.vocab_size, learned, weights, files)

@@ -30,7 +30,7 @@ from loadgen.options import (
 from loadgen.compare import check_comparable, comparison_rows, format_rows, load_run
 from loadgen.prompts import HFTokenizer
 from loadgen.report import format_summary
-from loadgen.rundir import create_run_dir, slug, write_json
+from loadgen.rundir import TOOL_VERSION, create_run_dir, slug, write_json
 from loadgen.slo import parse_slo
 from loadgen.pace import RATE_TOLERANCE, judge
 from loadgen.sweep import find_max_rate, point_size, saturation, saturation_text, sweep_table
@@ -47,6 +47,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     parser = Parser(prog="loadgen", description="Load-test LLM serving: TTFT, TPOT, ITL, E2EL, throughput, goodput.")
+    parser.add_argument("--version", action="version", version=f"loadgen (dissect) {TOOL_VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     run = sub.add_parser("run", help="run a load test (default: against the embedded simulated engine)",
@@ -79,9 +80,9 @@ def build_parser() -> Parser:
 
     cmp_ = sub.add_parser("compare", help="compare runs side by side",
                           description="Aligned summary table with relative differences against the first run, "
-                                      "and overlaid distributions with --html.")
+                                      "and overlaid distributions with --output FILE.html.")
     cmp_.add_argument("runs", nargs="+", help="two or more run directories")
-    cmp_.add_argument("--html", help="also write an HTML comparison with overlaid CDFs to this file")
+    add_output(cmp_, "also write an HTML comparison with overlaid CDFs to this file", hidden=("--html",))
     cmp_.add_argument("--force", action="store_true", help="compare even though the workloads differ")
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp_.set_defaults(func=cmd_compare)
@@ -98,8 +99,11 @@ def build_parser() -> Parser:
                         description="Sample utilisation, memory, power and clocks of every GPU into a JSONL file and "
                                     "print per-GPU averages and energy.")
     gs.add_argument("--duration", type=duration, default=10.0, help="how long to sample (default 10s)")
-    gs.add_argument("--interval", type=duration, default=0.2, help="sampling period (default 200ms)")
-    gs.add_argument("--out", default="gpu.jsonl", help="output JSONL file (default gpu.jsonl)")
+    # the name `loadgen run` uses; `--interval` stays as a hidden alias for a release
+    gs.add_argument("--gpu-sample-interval", dest="interval", type=duration, default=0.2, metavar="DURATION",
+                    help="sampling period (default 200ms)")
+    gs.add_argument("--interval", dest="interval", type=duration, help=argparse.SUPPRESS)
+    add_output(gs, "output JSONL file (default gpu.jsonl)", default="gpu.jsonl")
     gs.set_defaults(func=cmd_gpu_sample)
 
     scen = sub.add_parser("scenarios", help="list the scenario files, or show one",
@@ -115,7 +119,9 @@ def build_parser() -> Parser:
     serve.add_argument("--port", type=nonneg_int, default=8000, help="port (default 8000; 0 = any free port)")
     serve.set_defaults(func=cmd_serve_sim)
 
-    cat = sub.add_parser("catalog", help="list the catalog's models and GPUs")
+    cat = sub.add_parser("catalog", help="list the catalog's models and GPUs",
+                         description="List the catalog's models (architecture, parameters) and GPUs (datasheet "
+                                     "peaks, memory, interconnect), from scenarios/catalog/*.yaml.")
     cat.set_defaults(func=cmd_catalog)
 
     mm = sub.add_parser("make-model", help="write a serving-ready model directory for a catalog model (no download)",
@@ -123,7 +129,7 @@ def build_parser() -> Parser:
                                     "trained here with its real vocabulary size and, with --weights random, random "
                                     "bf16 safetensors. Without weights, vLLM is started with --load-format dummy.")
     mm.add_argument("--model", required=True, help="catalog model (see `loadgen catalog`), e.g. 7b, 70b, tiny")
-    mm.add_argument("--out", required=True, help="directory to write (must be empty unless --force)")
+    add_output(mm, "directory to write (must be empty unless --force)", required=True)
     mm.add_argument("--weights", choices=["none", "random"], default="none",
                     help="none (default): the engine initialises weights; random: write bf16 safetensors "
                          "(built on the GPU when there is one; needs torch)")
@@ -138,7 +144,7 @@ def build_parser() -> Parser:
     ew.add_argument("requirements", nargs="+",
                     help="what to install: package specs (vllm==0.22.0), local .whl files, or source directories "
                          "(built into a wheel here); a == pin to another version than --have's is carried anyway")
-    ew.add_argument("--out", required=True, help="folder for the wheels")
+    add_output(ew, "folder for the wheels", required=True)
     ew.add_argument("--python", default="3.12", help="the target's Python, MAJOR.MINOR (default 3.12)")
     ew.add_argument("--platform", action="append", help="wheel platform tag (repeatable; default "
                                                         "manylinux_2_35_x86_64 and every older manylinux)")
@@ -149,12 +155,29 @@ def build_parser() -> Parser:
     return parser
 
 
+def add_output(p: argparse.ArgumentParser, help: str, required: bool = False, default: str | None = None,
+               hidden: tuple[str, ...] = ("--out",)) -> None:
+    """`--output` wherever results are written; the old spellings stay as hidden aliases for a release. Required is
+    checked after parsing (argparse would demand `--output` itself even when an alias was given)."""
+    p.add_argument("--output", default=default, help=help)
+    for alias in hidden:
+        p.add_argument(alias, dest="output", help=argparse.SUPPRESS)
+    if required:
+        p.set_defaults(output_required=True)
+
+
 # -- shared preparation -----------------------------------------------------------------------------
 def _prepare(args: argparse.Namespace):
     """Resolve options and check every user input before anything is created or started."""
     scenario = load_scenario(args.scenario) if args.scenario else None
     opts = resolve(args, scenario)
     check_workload_options(opts)
+    if getattr(opts, "report", None):  # before the run, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise LoadgenError("--report needs matplotlib: pip install -e '.[report]' (or pip install matplotlib), "
+                               "or drop --report and run `loadgen report DIR` later") from None
     backend = backend_name(opts)
     config = sim_config(opts) if backend == "sim" else None
     tokenizer = HFTokenizer(opts.tokenizer) if opts.tokenizer else None
@@ -385,11 +408,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"forced comparison: {d}")
         print(tabulate(format_rows(runs, rows), headers=["metric", *(r.name for r in runs)],
                        disable_numparse=True))
-    if args.html:
+    if args.output:
         from loadgen.html_report import compare_report
 
-        Path(args.html).write_text(compare_report(runs, diffs), encoding="utf-8")
-        print(f"report: {args.html}", file=sys.stderr)
+        Path(args.output).write_text(compare_report(runs, diffs), encoding="utf-8")
+        print(f"report: {args.output}", file=sys.stderr)
     return 0
 
 
@@ -404,7 +427,7 @@ def cmd_gpu_sample(args: argparse.Namespace) -> int:
     reason = nvml_unavailable_reason()
     if reason:
         raise LoadgenError(f"cannot sample GPUs: {reason}")
-    out = Path(args.out)
+    out = Path(args.output)
     if out.exists():
         raise LoadgenError(f"{out} exists; choose another --out")
     sampler = GPUSampler(out, args.interval)
@@ -479,7 +502,8 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     from backends.model_dir import write_model_dir
 
     spec = get_model(args.model)
-    result = write_model_dir(spec, Path(args.out), args.weights, args.force)
+    result = write_model_dir(spec, Path(args.output), args.weights, args.force,
+                             progress=lambda message: print(f"make-model: {message} ...", file=sys.stderr, flush=True))
     weights = ", ".join(result.weight_files) if result.weight_files else "none (engines initialise them)"
     print(f"{result.path}: {spec.name} ({param_size(spec.param_count)} parameters, {spec.num_layers} layers), "
           f"tokenizer {result.vocab_size} ids ({result.trained_tokens} learned), weights: {weights}")
@@ -490,7 +514,7 @@ def cmd_engine_wheels(args: argparse.Namespace) -> int:
     from backends.engine_wheels import DEFAULT_PLATFORMS, download_engine, read_have
 
     have = read_have(Path(args.have)) if args.have else {}
-    result = download_engine(args.requirements, Path(args.out), args.python,
+    result = download_engine(args.requirements, Path(args.output), args.python,
                              tuple(args.platform) if args.platform else DEFAULT_PLATFORMS, have, tuple(args.exclude))
     print(f"{len(result.wheels)} wheels, {result.total_bytes / 1e6:.1f} MB in {result.out}; "
           f"{len(result.skipped)} resolved packages left out because the target has them")
@@ -510,7 +534,10 @@ def cmd_engine_wheels(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "output_required", False) and not args.output:
+        parser.exit(2, f"loadgen {args.command}: error: --output DIR is required (see 'loadgen {args.command} --help')\n")
     try:
         return args.func(args)
     except USER_ERRORS as exc:

@@ -15,6 +15,7 @@ from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
 from loadgen.launch import backend_name, check_url, open_endpoint, sim_config
 from loadgen.options import duration, positive_int
+from loadgen.units import parse_duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -43,10 +44,13 @@ def add_locust_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--timeout", type=duration, default=600.0, help="per-request limit (default 600s)")
     lc = p.add_argument_group("locust")
-    lc.add_argument("--headless", action="store_true", help="no web UI; needs --users and --run-time")
-    lc.add_argument("--users", type=positive_int, help="concurrent users (closed loop)")
+    lc.add_argument("--headless", action="store_true", help="no web UI; needs --concurrency and --duration")
+    # the same names as `loadgen run`; Locust's own spellings stay as hidden aliases for a release
+    lc.add_argument("--concurrency", dest="users", type=positive_int, metavar="N", help="concurrent users (closed loop)")
+    lc.add_argument("--users", dest="users", type=positive_int, help=argparse.SUPPRESS)
     lc.add_argument("--spawn-rate", type=float, default=None, help="users started per second")
-    lc.add_argument("--run-time", help="stop after this long, e.g. 2m (headless)")
+    lc.add_argument("--duration", dest="run_time", help="stop after this long, e.g. 30s or 2m (headless)")
+    lc.add_argument("--run-time", dest="run_time", help=argparse.SUPPRESS)
     lc.add_argument("--web-host", default="127.0.0.1", help="web UI address (default 127.0.0.1)")
     lc.add_argument("--web-port", type=int, default=8089, help="web UI port (default 8089)")
     lc.add_argument("--master", action="store_true", help="run as Locust master (workers connect to it)")
@@ -55,6 +59,7 @@ def add_locust_arguments(p: argparse.ArgumentParser) -> None:
     lc.add_argument("--master-port", type=int, default=5557, help="master port (default 5557)")
     lc.add_argument("--workers", type=int, default=0, help="start N local worker processes (multi-core load)")
     lc.add_argument("--output", help="run directory for requests.jsonl, summary.json and Locust's CSVs")
+    lc.add_argument("--out", dest="output", help=argparse.SUPPRESS)
     lc.add_argument("--print-locustfile", action="store_true", help="print the locustfile's path and exit")
 
 
@@ -71,11 +76,11 @@ def cmd_locust(args: argparse.Namespace) -> int:
     if args.master and args.worker:
         raise LoadgenError("--master and --worker exclude each other")
     if args.headless and not (args.users and args.run_time):
-        raise LoadgenError("--headless needs --users N and --run-time (e.g. --users 64 --run-time 2m)")
+        raise LoadgenError("--headless needs --concurrency N and --duration (e.g. --concurrency 64 --duration 2m)")
     if args.workers < 0:
         raise LoadgenError("--workers must be 0 or more")
-    if args.run_time:
-        duration(args.run_time)
+    if args.run_time:  # loadgen's duration forms (500ms, 1.5m) in whole seconds, which Locust's --run-time reads
+        args.run_time = str(max(1, round(parse_duration(args.run_time, "--duration"))))
     args.ignore_eos = True
     args.max_context = None
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
