@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The H200 serving measurement (issue 25) as the device calls that made it: each call is `bash
-# benchmarks/h200_serving_calls.sh N` on the lent machine, one right after the other (files under /tmp and a server
+# The H200 serving measurement (issue 25) as the device calls that made it: each call runs one or more of
+# `bash benchmarks/h200_serving_calls.sh 1..6 | serve CFG MODEL | measure CFG MODEL STEPS [--stop-server] |
+# collect CFG` on the lent machine (results/README.md lists the calls as they were made), one right after the other (files under /tmp and a server
 # started in its own session survive between calls only while the machine stays warm, about 30 s).
 # Calls 1-5 carry .stage1 ... .stage5 (vLLM 0.22.0 split into 55 MiB parts, the 83 wheels it needs that the image
 # lacks, shared/gpu-vllm-requirements.txt, and the model directories from `loadgen make-model`); call 6 carries
@@ -33,14 +34,8 @@ case $N in
       && rm vllm.whl.part.* && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE ./*.whl \
       && cd - >/dev/null || exit 1
     python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
-    nvidia-smi > "$OUT/h200-nvidia-smi.txt"; python3 -m pip freeze > "$OUT/h200-pip-freeze.txt" 2>/dev/null
-    serve a 7b && measure a 7b capacity,p0.25,p0.5,p0.8,p0.95; collect a ;;
-  7)
-    measure a 7b p1.1,c1,c32 --stop-server; collect a
-    serve b 8b && measure b 8b capacity,p0.25,p0.5; collect b ;;
-  8)
-    measure b 8b p0.8,p0.95,p1.1,c1,c32 --stop-server; collect b
-    serve c 13b && measure c 13b capacity; collect c ;;
-  9)
-    measure c 13b p0.25,p0.5,p0.8,p0.95,p1.1,c1,c32 --stop-server; collect c ;;
+    nvidia-smi > "$OUT/h200-nvidia-smi.txt"; python3 -m pip freeze > "$OUT/h200-pip-freeze.txt" 2>/dev/null ;;
+  serve) serve "$2" "$3" ;;
+  measure) measure "${@:2}" ;;
+  collect) collect "$2" ;;
 esac
