@@ -6,7 +6,10 @@ throughput, against load; the predicted and measured max rate under the SLO. Thr
 - `same model, measured arrivals`: the sim with the same pre-registered defaults replaying the measured run's own
   send times and lengths (no fitted information; removes the noise of one Poisson draw against another);
 - `refit`: the two constants the H100 fit used (GPU fixed time per step, per-request latency) refitted on the
-  closed loop of one user of each configuration, then the measured arrivals replayed (only with --refit).
+  closed loop of one user of each configuration, then the measured arrivals replayed (only with --refit);
+- `trace launch` (a diagnosis, not a prediction): the refit sim with its CPU launch constants read from the step
+  trace of the same measurement (--trace, a step_trace_report.py JSON per config), to show how much of the error
+  the launch costs explain.
 
     python benchmarks/sim_score.py --predictions results/h200-sim-predictions.json \
         --measured results/h200-vllm-protocol-a.json results/h200-vllm-protocol-b.json ... --refit \
@@ -68,6 +71,29 @@ def replay_measured(sim, point: dict) -> dict:
     return summarize_replay(done)
 
 
+def trace_launch(sim, trace: dict):
+    """The sim's launch constants as the H100 ones were derived (backends/roofline.py's comments): a step's fixed
+    launch is the decode-only intercept plus its output processing; per layer, what a prefill step (piecewise
+    graphs) or a step off the graph costs beyond that; per sequence, the fitted slopes."""
+    fits, layers = trace["launch_fits"], sim.model.num_layers
+    decode, prefill, off = fits["decode only"], fits["with a prefill"], fits["off the graph"]
+    launch_ms = decode["launch_intercept_ms"] + decode["mean_output_ms"]
+    return replace(sim, cost=replace(
+        sim.cost, launch_s=launch_ms / 1e3, launch_per_seq_s=decode["launch_per_sequence_ms"] / 1e3,
+        piecewise_layer_s=max(0.0, (prefill["mean_launch_ms"] + prefill["mean_output_ms"] - launch_ms) / layers / 1e3),
+        eager_layer_overhead_s=max(0.0, (off["launch_intercept_ms"] + off["mean_output_ms"] - launch_ms) / layers / 1e3),
+        eager_launch_per_seq_s=max(0.0, off["launch_per_sequence_ms"] - decode["launch_per_sequence_ms"]) / 1e3))
+
+
+def kept_up(point: dict, offered: float) -> bool:
+    """From loadgen's pace (completions against arrivals while requests arrived) when the run has it; else the
+    whole window's completion rate, which the drain after the last send lowers."""
+    pace = point["summary"].get("pace")
+    if pace and pace.get("offered_per_s"):
+        return pace["achieved_per_s"] >= KEEP_UP * pace["offered_per_s"]
+    return measured_metrics(point)["requests_per_s"] >= KEEP_UP * offered
+
+
 def errors(pred: dict, meas: dict) -> dict:
     return {m: pred[m] / meas[m] - 1 for m in METRICS if meas.get(m)}
 
@@ -98,8 +124,8 @@ def refit(base, closed_1: dict) -> tuple[object, dict]:
 def measured_max_rate(points: list[dict]) -> dict:
     """Between the highest measured Poisson rate that met the SLO (and kept up) and the lowest that did not."""
     pts = sorted((p for p in points if p["kind"] == "poisson" and p.get("summary")), key=lambda p: p["offered_per_s"])
-    ok = [p["offered_per_s"] for p in pts if meets(measured_metrics(p), p["offered_per_s"])]
-    bad = [p["offered_per_s"] for p in pts if not meets(measured_metrics(p), p["offered_per_s"])]
+    ok = [p["offered_per_s"] for p in pts if meets(measured_metrics(p), None) and kept_up(p, p["offered_per_s"])]
+    bad = [p["offered_per_s"] for p in pts if p["offered_per_s"] not in ok]
     low = max(ok) if ok else None
     high = min((r for r in bad if low is None or r > low), default=None)
     return {"met_at_per_s": low, "failed_at_per_s": high}
@@ -110,6 +136,8 @@ def main() -> int:
     p.add_argument("--predictions", required=True)
     p.add_argument("--measured", nargs="+", required=True, help="serving_protocol.py JSON files, one per config")
     p.add_argument("--refit", action="store_true", help="also refit two constants on each config's closed 1")
+    p.add_argument("--trace", help="step-trace JSON per config, with {config} for its name, e.g. "
+                                    "results/h200-vllm-step-trace-{config}.json (the trace-launch diagnosis)")
     p.add_argument("--out")
     args = p.parse_args()
     preds = json.loads(Path(args.predictions).read_text())
@@ -124,6 +152,9 @@ def main() -> int:
         sim = build_config(pred["model"], gpu, 1, **ENGINE)
         closed_1 = next((p for p in meas["points"] if p["kind"] == "closed" and p["users"] == 1 and p.get("summary")), None)
         fitted, constants = refit(sim, closed_1) if args.refit and closed_1 else (None, None)
+        traced = None
+        if args.trace and fitted is not None:
+            traced = trace_launch(fitted, json.loads(Path(args.trace.format(config=meas["config"])).read_text()))
         entry = {"config": meas["config"], "measured_file": path, "gpu_measured": meas.get("gpu"),
                  "measured_capacity_per_s": meas.get("measured_capacity_per_s"),
                  "predicted_capacity_per_s": pred["predicted_capacity_per_s"], "refit_constants": constants,
@@ -136,7 +167,7 @@ def main() -> int:
             if point["kind"] == "poisson":
                 label, offered = f"poisson {point['fraction']:g}C", point["offered_per_s"]
                 pre = interpolate(pred["poisson_grid"], offered)
-                below = point["fraction"] < 1 and m["requests_per_s"] >= KEEP_UP * offered
+                below = point["fraction"] < 1 and kept_up(point, offered)
             elif point["kind"] == "closed":
                 label, offered = f"closed {point['users']}", None
                 pre = pred["closed"][str(point["users"])]
@@ -152,13 +183,20 @@ def main() -> int:
             if fitted is not None:
                 row["refit"] = replay_measured(fitted, point)
                 row["error_refit"] = errors(row["refit"], m)
+            if traced is not None:
+                row["trace_launch"] = replay_measured(traced, point)
+                row["error_trace_launch"] = errors(row["trace_launch"], m)
             entry["points"].append(row)
             rows.append([label, f"{m['requests_per_s']:.2f}",
                          *(f"{m[k]:.1f} {row['error_pre_registered'][k]:+.0%}"
-                           + (f" / {row['error_refit'][k]:+.0%}" if fitted is not None else "") for k in METRICS),
+                           + (f" / {row['error_refit'][k]:+.0%}" if fitted is not None else "")
+                           + (f" / {row['error_trace_launch'][k]:+.0%}" if traced is not None else "")
+                           for k in METRICS),
                          "" if below else "saturated"])
         scored = [r for r in entry["points"] if r["below_saturation"]]
-        for key in ("error_pre_registered", "error_same_model", *(("error_refit",) if fitted is not None else ())):
+        keys = ("error_pre_registered", "error_same_model", *(("error_refit",) if fitted is not None else ()),
+                *(("error_trace_launch",) if traced is not None else ()))
+        for key in keys:
             entry[f"max_abs_{key}"] = {m: max((abs(r[key][m]) for r in scored if m in r[key]), default=None)
                                        for m in METRICS}
             entry[f"median_abs_{key}"] = {m: float(np.median([abs(r[key][m]) for r in scored if m in r[key]]))
@@ -174,7 +212,7 @@ def main() -> int:
         mr = entry["max_rate_under_slo"]
         print(f"max rate under the SLO: predicted {mr['predicted_per_s']}, measured met at "
               f"{mr['measured']['met_at_per_s']} and failed at {mr['measured']['failed_at_per_s']} req/s")
-        for key in ("error_pre_registered", "error_same_model", "error_refit"):
+        for key in ("error_pre_registered", "error_same_model", "error_refit", "error_trace_launch"):
             if f"max_abs_{key}" in entry:
                 print(f"max |{key}| below saturation: " + ", ".join(
                     f"{m} {v:.1%}" for m, v in entry[f"max_abs_{key}"].items() if v is not None and not math.isnan(v)))
