@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -84,12 +85,25 @@ def _target_args(python: str, platforms: tuple[str, ...]) -> list[str]:
     return args
 
 
-def _pip(args: list[str], what: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "is ignored: it is neither" not in ln]
-        tail = lines[-1] if lines else f"pip exited with {proc.returncode}"
-        cause = proc.stdout.split("The conflict is caused by:", 1)
+def _pip(args: list[str], what: str, on_line: Callable[[str], None] | None = None) -> None:
+    """pip in a child process; with `on_line`, each line of pip's output is handed over as it is printed (a large
+    engine's download takes minutes, and a silent command looks hung)."""
+    if on_line is None:
+        proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+        returncode, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    else:
+        with subprocess.Popen([sys.executable, "-m", "pip", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as child:
+            lines = []
+            for line in child.stdout:
+                lines.append(line)
+                on_line(line.rstrip("\n"))
+            stderr = child.stderr.read()
+            returncode, stdout = child.wait(), "".join(lines)
+    if returncode != 0:
+        lines = [ln for ln in stderr.splitlines() if ln.strip() and "is ignored: it is neither" not in ln]
+        tail = lines[-1] if lines else f"pip exited with {returncode}"
+        cause = stdout.split("The conflict is caused by:", 1)
         if len(cause) == 2:  # name the conflicting pins rather than pip's generic last line
             tail = "; ".join(ln.strip() for ln in cause[1].strip().split("\n\n", 1)[0].splitlines())
         raise BackendError(f"{what} failed: {tail}")
@@ -166,7 +180,9 @@ def resolve(requirements: list[str], python: str, platforms: tuple[str, ...],
 
 def download_engine(requirements: list[str], out: Path, python: str = "3.12",
                     platforms: tuple[str, ...] = DEFAULT_PLATFORMS, have: dict[str, str] | None = None,
-                    exclude: tuple[str, ...] = ()) -> WheelSet:
+                    exclude: tuple[str, ...] = (), progress: Callable[[str], None] | None = None) -> WheelSet:
+    """`progress`, when given, is told each phase and each downloaded wheel as it happens."""
+    say = progress or (lambda _msg: None)
     if not re.fullmatch(r"3\.\d+", python):
         raise BackendError(f"--python {python!r}: give the target's Python as MAJOR.MINOR, e.g. 3.12")
     have = dict(have or {})
@@ -176,6 +192,7 @@ def download_engine(requirements: list[str], out: Path, python: str = "3.12",
     for name in [*local, *(r.split("==")[0] for r in replaced)]:
         have.pop(name, None)  # carried: the target's copy is shadowed, so it is no constraint
     conflict = None
+    say(f"resolving {' '.join(requirements)} for CPython {python} (pip --dry-run: a minute or more for an engine)")
     try:
         resolved = resolve(requirements, python, platforms, have)
     except BackendError as exc:
@@ -194,8 +211,17 @@ def download_engine(requirements: list[str], out: Path, python: str = "3.12",
     pins = [f"{n}=={v}" for n, v in wanted]
     to_download = [f"{n}=={v}" for n, v in wanted if canonical_name(n) not in local]
     if to_download:
-        _pip(["download", "--no-deps", "--quiet", "-d", str(out), *_target_args(python, platforms), *to_download],
-             "downloading wheels")
+        say(f"downloading {len(to_download)} wheels into {out} ({len(skipped)} left out: the target has them)")
+        saved = 0
+
+        def on_line(line: str) -> None:
+            nonlocal saved
+            if line.startswith(("Saved ", "File was already downloaded ")):
+                saved += 1
+                say(f"  {saved}/{len(to_download)} {Path(line.split(maxsplit=1)[-1].split()[-1]).name}")
+
+        _pip(["download", "--no-deps", "--progress-bar", "off", "-d", str(out), *_target_args(python, platforms),
+              *to_download], "downloading wheels", on_line if progress else None)
     names = {canonical_name(n) for n, _ in wanted}
     wheels = sorted(p.name for p in out.glob("*.whl") if canonical_name(p.name.split("-")[0]) in names)
     (out / "requirements.txt").write_text(

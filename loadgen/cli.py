@@ -33,7 +33,8 @@ from loadgen.report import format_summary
 from loadgen.rundir import TOOL_VERSION, create_run_dir, slug, write_json
 from loadgen.slo import parse_slo
 from loadgen.pace import RATE_TOLERANCE, judge
-from loadgen.sweep import find_max_rate, point_size, saturation, saturation_text, sweep_table
+from loadgen.sweep import (PointSize, find_max_rate, point_size, progress_line, saturation, saturation_text,
+                           sending_seconds, sweep_table)
 from scenarios.catalog import CatalogError, get_model, list_gpus, list_models
 from scenarios.scenario import list_scenarios, load_scenario
 
@@ -295,11 +296,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         async with open_endpoint(opts, config, base, headers) as endpoint:
             batch = (endpoint.info.get("sim") or {}).get("max_num_seqs")
 
+            listed = [(float(q), None) for q in qps_points or []] + [(None, int(c)) for c in conc_points or []]
+
+            def size_of(qps: float | None, concurrency: int | None) -> PointSize:
+                return point_size(qps, concurrency, given["num_requests"], given["duration"], given["warmup"], batch)
+
             async def point(qps: float | None = None, concurrency: int | None = None) -> dict:
                 label = f"qps {qps:g}" if qps is not None else f"concurrency {concurrency}"
+                if not opts.quiet:
+                    index = len(points) + 1
+                    later = None
+                    if not args.until_slo:
+                        rest = [sending_seconds(size_of(q, c), q) for q, c in listed[index:]]
+                        later = None if None in rest else sum(rest)
+                    print(progress_line(index, None if args.until_slo else len(listed), label,
+                                        sending_seconds(size_of(qps, concurrency), qps), later), file=sys.stderr)
                 run_dir = base / (f"qps-{qps:g}" if qps is not None else f"concurrency-{concurrency}")
                 run_dir.mkdir(exist_ok=True)
-                size = point_size(qps, concurrency, given["num_requests"], given["duration"], given["warmup"], batch)
+                size = size_of(qps, concurrency)
                 if size.warning:
                     print(f"warning: {size.warning}", file=sys.stderr)
                 sized = argparse.Namespace(**{**vars(opts), "num_requests": size.num_requests,
@@ -332,10 +346,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 search.update(saturation(search, found))
                 write_json(base / "sweep.json", _sweep_json(opts, endpoint.simulated, points, search, criteria))
                 return search
-            for q in qps_points or []:
-                await point(qps=float(q))
-            for c in conc_points or []:
-                await point(concurrency=int(c))
+            for q, c in listed:
+                await point(qps=q, concurrency=c)
             return None
 
     try:
@@ -515,7 +527,8 @@ def cmd_engine_wheels(args: argparse.Namespace) -> int:
 
     have = read_have(Path(args.have)) if args.have else {}
     result = download_engine(args.requirements, Path(args.output), args.python,
-                             tuple(args.platform) if args.platform else DEFAULT_PLATFORMS, have, tuple(args.exclude))
+                             tuple(args.platform) if args.platform else DEFAULT_PLATFORMS, have, tuple(args.exclude),
+                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"{len(result.wheels)} wheels, {result.total_bytes / 1e6:.1f} MB in {result.out}; "
           f"{len(result.skipped)} resolved packages left out because the target has them")
     if result.conflict:

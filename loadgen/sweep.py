@@ -51,6 +51,29 @@ def point_size(qps: float | None, concurrency: int | None, num_requests: int | N
     return PointSize(num_requests, duration_s, warm, warning)
 
 
+def sending_seconds(size: PointSize, qps: float | None) -> float | None:
+    """How long a point sends for (warm-up included), known before it runs: its arrivals at the offered rate, or
+    its duration; None for a closed loop sized by a count (its pace is the server's)."""
+    if size.duration_s is not None:
+        return size.duration_s
+    if qps:
+        return ((size.num_requests or 0) + size.warmup) / qps
+    return None
+
+
+def progress_line(index: int, total: int | None, label: str, seconds: float | None,
+                  later_seconds: float | None = None) -> str:
+    """'point 2/5 (qps 4): sends for about 35 s; about 2.3 min left' -- the estimate counts sending time only
+    (each point also waits for its last requests to finish)."""
+    where = f"point {index}/{total}" if total else f"search point {index}"
+    text = f"{where} ({label}): " + (f"sends for about {seconds:.0f} s" if seconds is not None
+                                      else "a closed loop sized by count, as long as the server takes")
+    if later_seconds is not None and seconds is not None:
+        left = seconds + later_seconds
+        text += f"; about {left / 60:.1f} min left" if left >= 90 else f"; about {left:.0f} s left"
+    return text
+
+
 async def find_max_rate(
     evaluate: Callable[[float], Awaitable[bool]],
     start: float,

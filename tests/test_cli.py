@@ -189,6 +189,7 @@ def test_sweep_table_latency_columns_carry_units(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for column in ("TTFT p50 (ms)", "TTFT p99 (ms)", "TPOT p50 (ms)", "TPOT p99 (ms)", "E2EL p50 (ms)"):
         assert column in proc.stdout
+    assert "point 1/1 (qps 20): sends for about 0 s" in proc.stderr  # each point announces itself and its length
 
 
 def test_report_without_matplotlib_fails_before_the_run(tmp_path):

@@ -34,6 +34,9 @@ def test_downloads_the_closure_for_another_python_minus_what_the_target_has(tmp_
     pins = (out / "requirements.txt").read_text()
     assert "aiohttp==3.11.16" in pins and "attrs" not in pins.split("\n", 1)[1]
     assert "left out" in proc.stdout and "--engine-path" in proc.stdout
+    # a long download says what it is doing as it goes, wheel by wheel
+    assert "resolving aiohttp==3.11.16" in proc.stderr and "downloading" in proc.stderr
+    assert f"{len(wheels)}/{len(wheels)} " in proc.stderr
 
 
 def test_user_errors_are_one_line(tmp_path):

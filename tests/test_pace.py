@@ -143,3 +143,19 @@ def test_saturation_says_which_criterion_bounded_it():
     assert "kept up" in table.splitlines()[1] and "qps 20 fails: the server fell behind" in table
     assert "yes (+0%)" in table and "no (-50%)" in table
     assert "qps 10 fails" not in table
+
+
+def test_sweep_progress_says_how_long_each_point_and_the_rest_will_send():
+    from loadgen.sweep import PointSize, point_size, progress_line, sending_seconds
+
+    by_time = point_size(4.0, None, None, None, None)  # 30 s of arrivals after 5 s of warm-up
+    assert sending_seconds(by_time, 4.0) == pytest.approx(35.0)
+    counted = PointSize(200, None, 0)
+    assert sending_seconds(counted, 8.0) == pytest.approx(25.0)
+    assert sending_seconds(PointSize(None, 35.0, 16), None) == 35.0
+    assert sending_seconds(PointSize(64, None, 0), None) is None  # a closed loop by count: the server's pace
+    assert progress_line(2, 5, "qps 4", 35.0, 3 * 35.0) == ("point 2/5 (qps 4): sends for about 35 s; "
+                                                            "about 2.3 min left")
+    assert progress_line(3, None, "qps 16", 35.0) == "search point 3 (qps 16): sends for about 35 s"
+    assert "as long as the server takes" in progress_line(1, 1, "concurrency 8", None)
+    assert progress_line(5, 5, "qps 8", 25.0, 0.0).endswith("about 25 s left")
