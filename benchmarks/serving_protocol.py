@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from sim_predictions import (CAPACITY_SECONDS, CAPACITY_USERS, CLOSED_SECONDS, CONFIGS, ENGINE,  # noqa: E402
                              MAX_CONTEXT, POISSON_FRACTIONS, completion_rate, poisson_requests)
-from vllm_serving import start_server  # noqa: E402
+from vllm_serving import engine_env, server_env, start_server  # noqa: E402
 
 from loadgen.metrics import tpot_ms, ttft_ms  # noqa: E402
 from loadgen.records import read_records  # noqa: E402
@@ -106,21 +106,13 @@ def main() -> int:
     cfg = next(c for c in CONFIGS if c.name == args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    extra = {"HF_HUB_OFFLINE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
-    if args.engine_path:
-        extra["PYTHONPATH"] = os.pathsep.join([args.engine_path, str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.update(extra)
+    env, extra = engine_env(args.engine_path)
     model = str(Path(args.model_dir).resolve())
     # vllm_serving.start_server reads these attributes
     args.engine_arg = ["--max-num-seqs", str(ENGINE["max_num_seqs"]),
                        "--max-num-batched-tokens", str(ENGINE["max_batched_tokens"])]
     args.max_model_len = MAX_CONTEXT
-    server_extra = dict(extra)
-    if args.step_trace:
-        server_extra["DISSECT_STEP_TRACE"] = str((out / "steps").resolve())
-        server_extra["PYTHONPATH"] = os.pathsep.join([str(ROOT / "benchmarks" / "vllm_step_trace"),
-                                                      env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    server_extra = server_env(extra, env, out / "steps" if args.step_trace else None)
     report_path = out / "serving-protocol.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {
         "benchmark": "serving_protocol", "config": cfg.name, "model": cfg.model, "input_len": cfg.input_len,

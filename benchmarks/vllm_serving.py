@@ -149,6 +149,28 @@ def medians(point: dict) -> dict:
     return row
 
 
+def engine_env(engine_path: str | None) -> tuple[dict, dict]:
+    """The clients' environment, and the variables the server needs on top of it: no hub (the model is local),
+    vLLM's own sampler (FlashInfer's is not carried), and the engine's folder first on PYTHONPATH."""
+    env = dict(os.environ)
+    extra = {"HF_HUB_OFFLINE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    if engine_path:
+        extra["PYTHONPATH"] = os.pathsep.join([engine_path, str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(extra)
+    return env, extra
+
+
+def server_env(extra: dict, env: dict, step_trace: Path | None) -> dict:
+    """With `step_trace`, the server imports benchmarks/vllm_step_trace's sitecustomize and writes every engine
+    step under that prefix."""
+    server_extra = dict(extra)
+    if step_trace is not None:
+        server_extra["DISSECT_STEP_TRACE"] = str(step_trace.resolve())
+        server_extra["PYTHONPATH"] = os.pathsep.join([str(ROOT / "benchmarks" / "vllm_step_trace"),
+                                                      env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return server_extra
+
+
 def start_server(args, model: str, log_dir: Path, env_extra: dict) -> tuple[ServerProcess, str, dict]:
     req = LaunchRequest(model=model, engine_cmd=(args.engine_python,), port=find_free_port(),
                         engine_args=tuple(args.engine_arg), max_model_len=args.max_model_len)
@@ -206,11 +228,7 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    extra = {"HF_HUB_OFFLINE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
-    if args.engine_path:
-        extra["PYTHONPATH"] = os.pathsep.join([args.engine_path, str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.update(extra)
+    env, extra = engine_env(args.engine_path)
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").exists():
         subprocess.run([sys.executable, "-m", "loadgen", "make-model", "--model", args.model, "--out", str(model_dir),
@@ -226,11 +244,7 @@ def main() -> int:
         report["gpu"] = None
     report_path = out / "vllm-serving.json"
 
-    server_extra = dict(extra)
-    if args.step_trace:
-        server_extra["DISSECT_STEP_TRACE"] = str((out / "steps").resolve())
-        server_extra["PYTHONPATH"] = os.pathsep.join([str(ROOT / "benchmarks" / "vllm_step_trace"),
-                                                      env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    server_extra = server_env(extra, env, out / "steps" if args.step_trace else None)
     if args.serve_detached:
         _, url, info = start_server(args, model, out, server_extra)  # a new session: it outlives this process
         (out / "server.json").write_text(json.dumps({"url": url, **info}, indent=1))
