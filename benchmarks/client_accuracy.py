@@ -25,7 +25,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backends.openai_protocol import OpenAIProtocol  # noqa: E402
-from backends.process import find_free_port  # noqa: E402
+from backends.process import ServerProcess, find_free_port  # noqa: E402
 from loadgen.accuracy import timing_error  # noqa: E402
 from loadgen.client import Target  # noqa: E402
 from loadgen.distributions import LengthDistribution  # noqa: E402
@@ -51,44 +50,35 @@ def get_json(url: str) -> dict:
         return json.loads(resp.read())
 
 
-class Sim:
-    """The simulated engine in its own process, as `loadgen run` launches it, so it never shares our event loop."""
-
-    def __init__(self, *args: str):
-        self.url = f"http://127.0.0.1:{find_free_port()}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "backends.sim", *args, "--port", self.url.rsplit(":", 1)[1]],
-                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise SystemExit(f"the sim did not start on {self.url}")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def start_sim(log_dir: Path, *args: str) -> tuple[ServerProcess, str]:
+    """The simulated engine in its own process, as `loadgen run` launches it (so it never shares our event loop),
+    through the project's server lifecycle: its own process group, readiness polled, the group stopped."""
+    url = f"http://127.0.0.1:{find_free_port()}"
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    sim = ServerProcess([sys.executable, "-m", "backends.sim", *args, "--port", url.rsplit(":", 1)[1]],
+                        log_dir / "sim.log", url + "/health", env={"PYTHONPATH": pythonpath}, startup_timeout=120,
+                        name="the sim")
+    sim.start()
+    try:
+        asyncio.run(sim.wait_ready())
+    except BaseException:
+        sim.stop()
+        raise
+    return sim, url
 
 
 def streams_point(name: str, concurrency: int, num_requests: int) -> dict:
     input_len, output_len = WORKLOADS[name]
-    sim = Sim("--model", "7b", "--gpus", "1")
-    try:
-        workload = Workload(LengthDistribution.parse(input_len), LengthDistribution.parse(output_len), 4096, seed=1)
-        plan = LoadPlan(concurrency=concurrency, num_requests=num_requests, warmup=concurrency, timeout_s=120)
-        target = Target(sim.url, "llama-2-7b", OpenAIProtocol("completions"))
-        outcome = asyncio.run(run_load(target, workload, plan, lambda r: None))
-        truth = get_json(sim.url + "/sim/requests")["requests"]
-    finally:
-        sim.stop()
+    with tempfile.TemporaryDirectory() as tmp:
+        sim, url = start_sim(Path(tmp), "--model", "7b", "--gpus", "1")
+        try:
+            workload = Workload(LengthDistribution.parse(input_len), LengthDistribution.parse(output_len), 4096, seed=1)
+            plan = LoadPlan(concurrency=concurrency, num_requests=num_requests, warmup=concurrency, timeout_s=120)
+            target = Target(url, "llama-2-7b", OpenAIProtocol("completions"))
+            outcome = asyncio.run(run_load(target, workload, plan, lambda r: None))
+            truth = get_json(url + "/sim/requests")["requests"]
+        finally:
+            sim.stop()
     err = timing_error(outcome.records, truth, outcome.origin_ns)
     measured = [r for r in outcome.records if r.phase == "measured"]
     chunks = sum(len(r.token_times_ms) for r in measured)
