@@ -303,6 +303,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
             async def point(qps: float | None = None, concurrency: int | None = None) -> dict:
                 label = f"qps {qps:g}" if qps is not None else f"concurrency {concurrency}"
+                size = size_of(qps, concurrency)
                 if not opts.quiet:
                     index = len(points) + 1
                     later = None
@@ -310,10 +311,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         rest = [sending_seconds(size_of(q, c), q) for q, c in listed[index:]]
                         later = None if None in rest else sum(rest)
                     print(progress_line(index, None if args.until_slo else len(listed), label,
-                                        sending_seconds(size_of(qps, concurrency), qps), later), file=sys.stderr)
+                                        sending_seconds(size, qps), later), file=sys.stderr)
                 run_dir = base / (f"qps-{qps:g}" if qps is not None else f"concurrency-{concurrency}")
                 run_dir.mkdir(exist_ok=True)
-                size = size_of(qps, concurrency)
                 if size.warning:
                     print(f"warning: {size.warning}", file=sys.stderr)
                 sized = argparse.Namespace(**{**vars(opts), "num_requests": size.num_requests,
