@@ -15,6 +15,7 @@ from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
 from loadgen.launch import backend_name, check_url, open_endpoint, sim_config
 from loadgen.options import duration, positive_int
+from loadgen.rundir import create_run_dir
 from loadgen.units import parse_duration
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -90,8 +91,7 @@ def cmd_locust(args: argparse.Namespace) -> int:
         return _run_locust(args, check_url(args.url), args.model, 4096, args.endpoint or "completions", False, None)
     backend = backend_name(args)
     config = sim_config(args) if backend == "sim" else None
-    run_dir = Path(args.output or f"results/{stamp}-locust-{backend}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = create_run_dir(args.output or f"results/{stamp}-locust-{backend}", backend, args.model or backend)
 
     async def go() -> int:
         async with open_endpoint(args, config, run_dir, {}) as ep:
@@ -117,6 +117,9 @@ def _run_locust(args, url: str, model: str | None, max_context: int, endpoint: s
         base += ["--loadgen-backend", args.backend]
     if simulated:
         base += ["--loadgen-simulated"]
+    # Users finish the request in flight when the test stops, as `loadgen run --duration` does; a master waits for
+    # its workers to say they stopped (the locustfile's stop handshake), and each worker lets its users finish.
+    base += ["--stop-timeout", f"{args.timeout:g}"]
     procs: list[subprocess.Popen] = []
     try:
         if args.worker:
@@ -129,10 +132,6 @@ def _run_locust(args, url: str, model: str | None, max_context: int, endpoint: s
                     "--spawn-rate", str(args.spawn_rate or args.users)]
         elif args.users:
             cmd += ["--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users)]
-        if not (args.master or args.workers):
-            # Users finish the request in flight when the test stops, as `loadgen run --duration` does (a
-            # distributed master gives its workers half a second, so there Locust cancels them: `cancelled`).
-            cmd += ["--stop-timeout", f"{args.timeout:g}"]
         if args.master or args.workers:
             cmd += ["--master", "--master-bind-host", "127.0.0.1" if args.workers and not args.master else "*",
                     "--master-bind-port", str(args.master_port)]

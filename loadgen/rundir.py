@@ -17,6 +17,7 @@ from loadgen.errors import LoadgenError
 
 TOOL_VERSION = "0.1.0"
 SECRET_FLAGS = ("--api-key",)
+RUN_FILES = ("run.json", "requests.jsonl", "summary.json", "sweep.json")  # what makes a directory a run's
 
 
 def slug(text: str) -> str:
@@ -29,8 +30,9 @@ def create_run_dir(output: str | None, backend: str, model: str) -> Path:
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path("results") / f"{stamp}-{slug(backend)}-{slug(Path(model).name)}"
-    if (path / "requests.jsonl").exists():
-        raise LoadgenError(f"--output {path} already holds a run; choose another directory or remove it")
+    held = [name for name in RUN_FILES if (path / name).exists()]
+    if held:  # records would be appended to another run's, and its summary overwritten
+        raise LoadgenError(f"--output {path} already holds a run ({held[0]}); choose another directory or remove it")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"

@@ -77,10 +77,15 @@ def test_there_are_at_least_twenty_cases():
     assert len(CASES) >= 20
 
 
-def test_existing_run_directory_is_refused(tmp_path):
-    (tmp_path / "requests.jsonl").write_text("")
-    proc = run_loadgen("run", "--num-requests", "1", "--output", str(tmp_path))
-    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+@pytest.mark.parametrize("command", [["run", "--num-requests", "1"], ["sweep", "--qps", "1", "--num-requests", "1"],
+                                     ["locust", "--headless", "--users", "1", "--run-time", "1s"]])
+@pytest.mark.parametrize("held", ["requests.jsonl", "run.json", "sweep.json"])
+def test_existing_run_directory_is_refused(tmp_path, command, held):
+    """A second run into the same --output would append its records to the first's (seen with `loadgen locust`)."""
+    (tmp_path / held).write_text("")
+    proc = run_loadgen(*command, "--output", str(tmp_path))
+    assert proc.returncode == 2 and f"already holds a run ({held})" in proc.stderr, proc.stderr
+    assert (tmp_path / held).read_text() == "" and sorted(p.name for p in tmp_path.iterdir()) == [held]
 
 
 def test_port_in_use(tmp_path):

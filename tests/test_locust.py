@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -77,14 +78,33 @@ def test_master_with_two_local_workers(tmp_path):
     by_worker = Counter(r["worker"] for r in records)
     assert set(by_worker) == {0, 1} and min(by_worker.values()) > 10
     assert len({r["index"] for r in records}) == len(records)
-    # a master gives its workers no time to finish requests in flight: those are recorded as cancelled, and only
-    # requests that ended are Locust entries
-    ended = [r for r in records if r["status"] != "cancelled"]
-    assert all(r["status"] == "ok" for r in ended)
+    # workers' users finish their requests in flight when the test stops, as a local run's do: none is cancelled
+    assert all(r["status"] == "ok" for r in records)
+    stats = _stats(out)
+    assert int(stats["e2e"]["Request Count"]) == len(records) and int(stats["ttft"]["Request Count"]) == len(records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"]["completed"] == len(records) and summary["requests"]["cancelled"] == 0
+
+
+def test_workers_records_and_statistics_reach_the_master_when_they_stop(tmp_path):
+    """A master that quits waits 0.5 s for its workers' last records and statistics (they report every 3 s, and
+    not when told to stop); on a busy machine they came later and were lost (CI: 241 stats entries against 243
+    records). Here workers report once an hour and take a second to stop (tests/locust_slow_workers), so every
+    record and every stats entry came through the locustfile's stop handshake, or the run shows it."""
+    slow = str(ROOT / "tests" / "locust_slow_workers")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [slow, str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "loadgen", "locust", "--headless", "--users", "4", "--spawn-rate",
+                           "4", "--run-time", "3s", "--workers", "2", "--master-port", str(find_free_port()),
+                           *SMALL, "--output", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ended = _records(out)
+    assert len(ended) > 10 and {r["worker"] for r in ended} == {0, 1} and {r["status"] for r in ended} == {"ok"}
     stats = _stats(out)
     assert int(stats["e2e"]["Request Count"]) == len(ended) and int(stats["ttft"]["Request Count"]) == len(ended)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["requests"]["cancelled"] == len(records) - len(ended)
+    assert summary["requests"]["completed"] == len(ended)
 
 
 def test_print_locustfile_works_with_plain_locust(tmp_path, start_sim):
