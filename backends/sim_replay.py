@@ -137,8 +137,6 @@ class _TotalsCost:
 
     @classmethod
     def of(cls, config: SimConfig) -> "_TotalsCost | None":
-        if config.fixed:
-            return None
         totals = cls(config)
         long = min(config.max_batched_tokens, 2 * totals.params.cuda_graph_max_tokens + 3)
         probes = [[SeqWork(1, 517, True)], [SeqWork(1, 700 + k, True) for k in range(40)],
@@ -407,58 +405,63 @@ class _SpanReplay:
         return cost, emits, firsts, finished
 
     def _step_by_sequence(self, now: float) -> tuple[tuple[float, float, float], int, list[int], list[int]]:
-        """ContinuousBatchScheduler.schedule and complete, line for line, on explicit state (a preemption, or more
-        running requests than the token budget): every decoder is made explicit first and re-totalled after."""
-        cfg, B = self.config, self.B
+        """ContinuousBatchScheduler.schedule and complete, line for line (a preemption, or more running requests
+        than the token budget), each decoder's context read from the totals: only the requests preempted or left
+        unscheduled change how they are held."""
+        cfg, blocks_for = self.config, self._blocks
         P, M, gen, kv, running, waiting = self.P, self.M, self.gen, self.kv, self.running, self.waiting
-        for i in running:
-            if self.decoding[i]:
-                self._drop_decoder(i)
-        blocks = {i: self._blocks(kv[i]) for i in running}
-
-        def reserve(i: int, n: int) -> bool:
-            extra = self._blocks(kv[i] + n) - blocks.get(i, 0)
-            if extra > self.free:
-                return False
-            if extra > 0:
-                self.free -= extra
-                blocks[i] = blocks.get(i, 0) + extra
-            return True
-
+        decoding, g0, T = self.decoding, self.g0, self.T
         budget = cfg.max_batched_tokens
-        plan: list[tuple[int, int, int]] = []  # (request, new tokens, context)
+        n_dec = k1 = 0  # decoders planned, their contexts + 1 summed
+        chunks: list[tuple[int, int, int]] = []  # (request, new tokens, context) of everyone else planned
         k = 0
         while k < len(running) and budget > 0:
             i = running[k]
-            n = min(P[i] + gen[i] - kv[i], budget)
-            if not reserve(i, n):
-                preempted_self = False
-                while not reserve(i, n):
+            if decoding[i]:
+                ctx, n = P[i] - 1 + g0[i] + T, 1
+            else:
+                ctx = kv[i]
+                n = min(P[i] + gen[i] - ctx, budget)
+            extra = blocks_for(ctx + n) - blocks_for(ctx)
+            if extra > self.free:
+                # preempt from the back (most recent) until this request's blocks fit, or it is itself preempted
+                victim = -1
+                while extra > self.free and victim != i:
                     victim = running.pop()
-                    self.free += blocks.pop(victim, 0)
-                    kv[victim] = 0
+                    if decoding[victim]:
+                        self._drop_decoder(victim)
+                    self.free += blocks_for(kv[victim])
+                    kv[victim] = 0  # recompute: prompt and generated tokens are prefilled again on resumption
                     waiting.appendleft(victim)
-                    if victim == i:
-                        preempted_self = True
-                        break
-                if preempted_self:
+                if victim == i:
                     break
-            plan.append((i, n, kv[i]))
+            self.free -= extra
+            if decoding[i]:
+                n_dec += 1
+                k1 += ctx + 1
+            else:
+                chunks.append((i, n, ctx))
             budget -= n
             k += 1
+        unscheduled = [i for i in running[k:] if decoding[i]]  # the budget ran out before them: they wait a step
+        for i in unscheduled:
+            self._drop_decoder(i)
         while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
             i = waiting[0]
             n = min(P[i] + gen[i] - kv[i], budget)
-            if not reserve(i, n):
+            extra = blocks_for(kv[i] + n)
+            if extra > self.free:
                 break
             waiting.popleft()
+            self.free -= extra
             running.append(i)
-            plan.append((i, n, kv[i]))
+            chunks.append((i, n, kv[i]))
             budget -= n
             if self.scheduled_at[i] is None:
                 self.scheduled_at[i] = now
-        n1 = k1 = emits = ptok = ppairs = pkv = 0
-        for i, n, ctx in plan:
+        nseq, n1, emits = n_dec + len(chunks), n_dec, n_dec
+        ptok = ppairs = pkv = 0
+        for i, n, ctx in chunks:
             if n == 1:
                 n1 += 1
                 k1 += ctx + 1
@@ -468,28 +471,35 @@ class _SpanReplay:
                 pkv += ctx + n
             if ctx + n == P[i] + gen[i]:
                 emits += 1
-        cost = self.totals.step(len(plan), n1, k1, emits, ptok, ppairs, pkv)
-        firsts: list[int] = []
+        cost = self.totals.step(nseq, n1, k1, emits, ptok, ppairs, pkv)
+        self.T = T = T + 1
+        for i in unscheduled:
+            self._add_decoder(i)
         finished: list[int] = []
-        for i, n, _ in plan:
-            kv[i] += n
+        while self._next_finish() == T:
+            i = heapq.heappop(self.finishes)[1]
+            self._drop_decoder(i)
+            finished.append(i)
+        firsts: list[int] = []
+        self.pending = -1
+        for i, n, ctx in chunks:
+            kv[i] = ctx + n
             if kv[i] == P[i] + gen[i]:
                 gen[i] += 1
-                firsts.append(i)  # a no-op for a request whose first token is already out
+                firsts.append(i)
                 if gen[i] >= M[i]:
-                    running.remove(i)
-                    self.free += blocks.pop(i, 0)
                     finished.append(i)
-        # totals again: whoever is one token short and has emitted before decodes; the rest is mid-prefill
-        self.pending = -1
-        self.finishes = []
-        for i in running:
-            if kv[i] == P[i] + gen[i] - 1 and gen[i] > 0:
-                self._add_decoder(i)
+                else:
+                    self._add_decoder(i)
             elif self.pending >= 0:
                 raise _NotExact  # two requests mid-prefill: the totals' invariant does not hold
             else:
                 self.pending = i
+        if len(finished) > 1:
+            finished.sort(key=running.index)  # the plan's order
+        for i in finished:
+            running.remove(i)
+            self.free += blocks_for(kv[i])
         if self.pending >= 0 and running[-1] != self.pending:
             raise _NotExact
         return cost, emits, firsts, finished
