@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from backends.roofline import SeqWork, memory_plan
 from backends.sim import ArrivalLag, FrontEnd, SimConfig, StepPipeline
 from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
-from backends.roofline import SeqWork, memory_plan
 
 # Products and sums of whole numbers are exact in binary64 below this: the step cost's attention FLOPs are such a
 # sum in any order only while they stay under it.
