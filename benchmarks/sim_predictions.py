@@ -39,8 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.sim import build_config  # noqa: E402
-from backends.sim_replay import replay, summarize_replay  # noqa: E402
+from backends.sim.config import build_config  # noqa: E402
+from backends.sim.replay import replay, summarize_replay  # noqa: E402
 from loadgen.distributions import LengthDistribution  # noqa: E402
 
 SLO = {"ttft_p90_ms": 200.0, "tpot_p90_ms": 15.0}

@@ -6,7 +6,7 @@ every other point, print the errors, write JSON.
     python benchmarks/sim_validation.py --fit poisson:8 --fit-frontend --lag 1 --out results/h100-sim-validation-frontend.json
 
 Measured values are loadgen's medians from the vllm_serving.py result files (points measured more than once are
-averaged). Predictions come from the sim replayed in virtual time (backends/sim_replay.py: the live sim's
+averaged). Predictions come from the sim replayed in virtual time (backends/sim/replay.py: the live sim's
 scheduler, step pipeline and costs): a Poisson point replays each measured run's own send times (a median over a
 few dozen requests depends on which of them met a busy engine), a closed loop as many requests as the measured run
 with every user starting at once (a closed loop's TTFT is set by its waves of simultaneous prefills, which last as
@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.sim import build_config  # noqa: E402
-from backends.sim_replay import replay, summarize_replay  # noqa: E402
+from backends.sim.config import build_config  # noqa: E402
+from backends.sim.replay import replay, summarize_replay  # noqa: E402
 
 # The fourth session's paired runs, made after loadgen stopped sending min_tokens to vLLM (its min-tokens logits
 # processor slows vLLM's engine), two fresh servers, the second with server and clients on separate cores. Every

@@ -199,10 +199,10 @@ def test_compile_scopes_train_on_cpu(tmp_path, scope):
 
 
 def test_layer_scope_compiles_every_decoder_layer_in_place():
+    from torch._dynamo.utils import counters
+
     from training_bench.fast_paths import compile_model
     from training_bench.model_build import build_model
-
-    from torch._dynamo.utils import counters
 
     spec = dataclasses.replace(get_model("tiny"), num_layers=6)
     model = build_model(spec, "sdpa", torch.device("cpu"), torch.float32)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.sim import ArrivalLag, FrontEnd, SimConfig, StepPipeline
-from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
-from backends.roofline import memory_plan
+from backends.sim.config import SimConfig
+from backends.sim.pipeline import ArrivalLag, FrontEnd, StepPipeline
+from backends.sim.roofline import memory_plan
+from backends.sim.scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
 
 
 @dataclass(frozen=True)
