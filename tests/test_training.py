@@ -10,7 +10,7 @@ import pytest
 from scenarios.catalog import get_model
 from tests.conftest import ROOT
 from training_bench.flops import training_flops_per_token
-from training_bench.train import TrainConfig, memory_estimate_gib
+from training_bench.train_config import TrainConfig, memory_estimate_gib
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

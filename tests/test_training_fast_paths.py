@@ -26,7 +26,7 @@ from tests.conftest import ROOT
 from training_bench.errors import BenchError
 from training_bench.memory_fit import check_fits, shard_factors
 from training_bench.recommend import Row, describe, recommend, rows_from_file
-from training_bench.train import TrainConfig, memory_estimate_gib
+from training_bench.train_config import TrainConfig, memory_estimate_gib
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

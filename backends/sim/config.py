@@ -59,7 +59,6 @@ class SimConfig:
         return iteration_cost(self.model, self.gpu, self.tp, work, self.cost)
 
 
-
 def build_config(model: str, gpu: str, tp: int, profile: str | None = None, **kwargs) -> SimConfig:
     """Resolve catalog names and check the model fits; raises BackendError/CatalogError for user mistakes."""
     config = SimConfig(model=get_model(model), gpu=get_gpu(gpu), tp=tp,

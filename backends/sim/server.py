@@ -46,7 +46,6 @@ def count_chat_tokens(messages: object) -> int:
     return total
 
 
-
 @dataclass
 class GroundTruth:
     id: str
@@ -71,7 +70,6 @@ def _note_due(truth: GroundTruth, ev: TokenEvent) -> None:
             truth.due_first_token_ns = due_ns
         if ev.finished:
             truth.due_finished_ns = due_ns
-
 
 
 class SimServer:
