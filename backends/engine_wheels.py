@@ -16,9 +16,9 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 

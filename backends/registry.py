@@ -5,8 +5,8 @@ from __future__ import annotations
 from backends import lightllm, sglang, tgi, trtllm, vllm
 from backends.errors import BackendError
 from backends.launch_spec import Adapter
-from backends.native_protocols import LightLLMProtocol, TGIProtocol, TritonProtocol
-from backends.openai_protocol import OpenAIProtocol
+from backends.protocols.native import LightLLMProtocol, TGIProtocol, TritonProtocol
+from backends.protocols.openai import OpenAIProtocol
 
 FRAMEWORKS: dict[str, Adapter] = {
     "vllm": vllm.launch,

@@ -34,8 +34,8 @@ from tabulate import tabulate
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.openai_protocol import OpenAIProtocol  # noqa: E402
 from backends.process import ServerProcess, find_free_port  # noqa: E402
+from backends.protocols.openai import OpenAIProtocol  # noqa: E402
 from loadgen.accuracy import timing_error  # noqa: E402
 from loadgen.client import Target  # noqa: E402
 from loadgen.distributions import LengthDistribution  # noqa: E402

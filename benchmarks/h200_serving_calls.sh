@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The H200 serving measurement (issue 25) as the device calls that made it: each call runs one or more of
+# The H200 serving measurement as the device calls that made it: each call runs one or more of
 # `bash benchmarks/h200_serving_calls.sh 1..6 | serve CFG MODEL | measure CFG MODEL STEPS [--stop-server] |
-# collect CFG` on the lent machine (results/README.md lists the calls as they were made), one right after the other (files under /tmp and a server
-# started in its own session survive between calls only while the machine stays warm, about 30 s).
-# Calls 1-5 carry .stage1 ... .stage5 (vLLM 0.22.0 split into 55 MiB parts, the 83 wheels it needs that the image
-# lacks, shared/gpu-vllm-requirements.txt, and the model directories from `loadgen make-model`); call 6 carries
+# collect CFG` on the lent machine (results/README.md lists the calls as they were made), one right after the
+# other (files under /tmp and a server started in its own session survive between calls only while the machine
+# stays warm, about 30 s). Calls 1-5 carry .stage1 ... .stage5 (vLLM 0.22.0 split into 55 MiB parts, the 83 wheels
+# it needs that the image lacks -- a hand-made list outside the repository, of which `loadgen engine-wheels
+# vllm==0.22.0 --have PIP-FREEZE` resolves a superset (results/README.md) -- and the model directories from
+# `loadgen make-model`); call 6 carries
 # .stage6, reassembles and installs them, and starts measuring. Results: $OUT/h200-vllm-protocol-X.json (the
 # protocol JSON, cumulative) and $OUT/h200-X-runs.tgz (every point's run directory, the step trace, server.log).
 set -uo pipefail

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from backends.process import find_free_port  # noqa: E402
 from backends.vllm import bench_serve_argv  # noqa: E402
 
+
 def truth_since(url: str, seen: int) -> tuple[list[float], int]:
     """Server-side TTFT (ms) of the requests it received after the first `seen`."""
     reqs = json.loads(urllib.request.urlopen(url + "/sim/requests").read())["requests"]

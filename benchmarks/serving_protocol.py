@@ -29,8 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sim_predictions import (CAPACITY_SECONDS, CAPACITY_USERS, CLOSED_SECONDS, CONFIGS, ENGINE,  # noqa: E402
-                             MAX_CONTEXT, POISSON_FRACTIONS, completion_rate, poisson_requests)
+from sim_predictions import (  # noqa: E402
+    CAPACITY_SECONDS,
+    CAPACITY_USERS,
+    CLOSED_SECONDS,
+    CONFIGS,
+    ENGINE,
+    MAX_CONTEXT,
+    POISSON_FRACTIONS,
+    completion_rate,
+    poisson_requests,
+)
 from vllm_serving import engine_env, server_env, start_server  # noqa: E402
 
 from loadgen.metrics import tpot_ms, ttft_ms  # noqa: E402

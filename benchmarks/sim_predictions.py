@@ -13,9 +13,9 @@ The protocol (what `benchmarks/serving_protocol.py` then runs on the GPU, and wh
   closed loop's last requests finish one by one on an emptying engine);
 - Poisson points at 25, 50, 80, 95 and 110% of the measured C, each max(100 requests, 45 s of arrivals);
 - closed loops of 1 user for 30 s and of 32 users for 45 s.
-The issue asked for max(60 s, 400 requests) per point; at 13B's predicted 3.3 req/s capacity that is 19 minutes
-of Poisson points alone, and the session has 30 minutes of device time for all three configurations, so the
-points are sized as above, for prediction and measurement alike.
+The points are sized so that all three configurations fit in 30 minutes of GPU time: max(60 s, 400 requests)
+per point would take 19 minutes of Poisson points alone at 13B's predicted 3.3 req/s capacity. Prediction and
+measurement use the same sizes.
 Since the Poisson rates depend on a capacity not yet measured, Poisson predictions are given on a grid of rates
 (fractions of the predicted capacity: 10-140%, in 5% steps from 70 to 120%) under the same sizing rule; a measured point is scored against the grid interpolated linearly at its offered rate.
 
@@ -39,8 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.sim import build_config  # noqa: E402
-from backends.sim_replay import replay, summarize_replay  # noqa: E402
+from backends.sim.config import build_config  # noqa: E402
+from backends.sim.replay import replay, summarize_replay  # noqa: E402
 from loadgen.distributions import LengthDistribution  # noqa: E402
 
 SLO = {"ttft_p90_ms": 200.0, "tpot_p90_ms": 15.0}

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from sim_predictions import ENGINE, KEEP_UP, SLO  # noqa: E402
 
-from backends.sim import build_config  # noqa: E402
-from backends.sim_replay import replay, summarize_replay  # noqa: E402
+from backends.sim.config import build_config  # noqa: E402
+from backends.sim.replay import replay, summarize_replay  # noqa: E402
 
 METRICS = ("ttft_p50_ms", "ttft_p90_ms", "tpot_p50_ms", "tpot_p90_ms", "e2el_p50_ms", "output_tok_s")
 
@@ -72,7 +72,7 @@ def replay_measured(sim, point: dict) -> dict:
 
 
 def trace_launch(sim, trace: dict):
-    """The sim's launch constants as the H100 ones were derived (backends/roofline.py's comments): a step's fixed
+    """The sim's launch constants as the H100 ones were derived (backends/sim/roofline.py's comments): a step's fixed
     launch is the decode-only intercept plus its output processing; per layer, what a prefill step (piecewise
     graphs) or a step off the graph costs beyond that; per sequence, the fitted slopes."""
     fits, layers = trace["launch_fits"], sim.model.num_layers

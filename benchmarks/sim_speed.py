@@ -1,5 +1,5 @@
 """How fast the simulated engine's virtual-time replay predicts a load point, on this machine: requests simulated per
-second of wall time and simulated seconds per wall second, for the span replay (`backends.sim_replay.replay`) and
+second of wall time and simulated seconds per wall second, for the span replay (`backends.sim.replay.replay`) and
 its step-by-step reference (`replay_stepwise`, on fewer requests: it takes about 2 ms a request). Each point also
 checks that both give the same requests, to the last bit, on the reference's request count.
 
@@ -25,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.sim import build_config  # noqa: E402
-from backends.sim_replay import replay, replay_stepwise  # noqa: E402
+from backends.sim.config import build_config  # noqa: E402
+from backends.sim.replay import replay, replay_stepwise  # noqa: E402
 
 POINTS = {"poisson:4": {"qps": 4.0}, "poisson:16": {"qps": 16.0}, "poisson:32": {"qps": 32.0},
           "closed:64": {"concurrency": 64}}

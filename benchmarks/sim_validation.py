@@ -6,14 +6,15 @@ every other point, print the errors, write JSON.
     python benchmarks/sim_validation.py --fit poisson:8 --fit-frontend --lag 1 --out results/h100-sim-validation-frontend.json
 
 Measured values are loadgen's medians from the vllm_serving.py result files (points measured more than once are
-averaged). Predictions come from the sim replayed in virtual time (backends/sim_replay.py: the live sim's
+averaged). Predictions come from the sim replayed in virtual time (backends/sim/replay.py: the live sim's
 scheduler, step pipeline and costs): a Poisson point replays each measured run's own send times (a median over a
 few dozen requests depends on which of them met a busy engine), a closed loop as many requests as the measured run
 with every user starting at once (a closed loop's TTFT is set by its waves of simultaneous prefills, which last as
 long as the run). Saturated points are shown but not scored. The default fit is the sim's default model: two
 constants (the GPU's fixed time per step and the per-request latency) fitted on one point; the CPU launch costs,
 the CUDA-graph cliff and the KV-read efficiency are measured elsewhere, not fitted. `--lag 1 --fit-frontend` fits
-the retired alternative with a scheduling lag and a front end that costs time per streamed token.
+the alternative model, with a scheduling lag and a fitted front-end cost per streamed token (not the default: it
+fits worse, results/README.md).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.sim import build_config  # noqa: E402
-from backends.sim_replay import replay, summarize_replay  # noqa: E402
+from backends.sim.config import build_config  # noqa: E402
+from backends.sim.replay import replay, summarize_replay  # noqa: E402
 
-# The fourth session's paired runs, made after loadgen stopped sending min_tokens to vLLM (its min-tokens logits
-# processor slows vLLM's engine), two fresh servers, the second with server and clients on separate cores. Every
-# loadgen run keeps its own send times for the replay. Earlier files: pass them with --measured.
+# The default fit's runs: loadgen sending no min_tokens to vLLM (its min-tokens logits processor slows vLLM's
+# engine), two fresh servers, the second with server and clients on separate cores. Every loadgen run keeps its
+# own send times for the replay. Other measured files (results/README.md lists them): pass them with --measured.
 MEASURED = ["results/h100-vllm-serving-fixed-a.json", "results/h100-vllm-serving-fixed-b.json",
             "results/h100-vllm-serving-pinned-a.json", "results/h100-vllm-serving-pinned-b.json"]
 SATURATED = {("poisson", 32.0), ("closed", 128.0)}  # vLLM's unthrottled capacity is ~30 req/s here

@@ -1,7 +1,7 @@
 """What vLLM's engine core spends per step, from a step trace (benchmarks/vllm_serving.py --step-trace): the CPU
 time to schedule and launch each kind of step, how long it waited for the GPU, how long it took to process the
 output, and, where the CPU waited (so the output's arrival marks the GPU's end), the GPU's time for the step.
-These are the quantities the simulated engine's step pipeline is built from (backends/roofline.py): its launch
+These are the quantities the simulated engine's step pipeline is built from (backends/sim/roofline.py): its launch
 constants are the least-squares fits of mean launch time against sequences per step printed last.
 
     python benchmarks/step_trace_report.py OUT/steps.*.jsonl [--graph-max-tokens 512] [--window T0 T1]

@@ -1,5 +1,5 @@
 """The training measurements of the paper's matrix on one GPU, each configuration in its own process, into one JSON
-(rewritten after every run, so a cut-off session keeps what finished) and a table.
+(rewritten after every run, so a matrix cut off midway keeps the runs that finished) and a table.
 
     python benchmarks/training_matrix.py --set pretrain --output results/h100-training-pretrain.json
     python benchmarks/training_matrix.py --set finetune --output results/h100-training-finetune.json

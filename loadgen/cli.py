@@ -11,30 +11,38 @@ from pathlib import Path
 from typing import NoReturn
 
 from backends import eventloop
-from backends import sim as sim_backend
 from backends.errors import BackendError
+from backends.sim import command as sim_backend
+from loadgen.compare import check_comparable, comparison_rows, format_rows, load_run
 from loadgen.errors import LoadgenError
 from loadgen.execute import record_failed_start, run_point
 from loadgen.launch import backend_name, open_endpoint, sim_config
 from loadgen.options import (
     DEFAULTS,
     add_run_arguments,
-    duration,
     build_workload,
     check_workload_options,
+    duration,
     load_plan,
     nonneg_int,
     positive_float,
     resolve,
 )
-from loadgen.compare import check_comparable, comparison_rows, format_rows, load_run
+from loadgen.pace import RATE_TOLERANCE, judge
 from loadgen.prompts import HFTokenizer
 from loadgen.report import format_summary
 from loadgen.rundir import TOOL_VERSION, create_run_dir, slug, write_json
 from loadgen.slo import parse_slo
-from loadgen.pace import RATE_TOLERANCE, judge
-from loadgen.sweep import (PointSize, find_max_rate, point_size, progress_line, saturation, saturation_text,
-                           sending_seconds, sweep_table)
+from loadgen.sweep import (
+    PointSize,
+    find_max_rate,
+    point_size,
+    progress_line,
+    saturation,
+    saturation_text,
+    sending_seconds,
+    sweep_table,
+)
 from scenarios.catalog import CatalogError, get_model, list_gpus, list_models
 from scenarios.scenario import list_scenarios, load_scenario
 

@@ -16,8 +16,8 @@ from typing import Callable
 import aiohttp
 from yarl import URL
 
-from backends.native_protocols import LightLLMProtocol, TGIProtocol, TritonProtocol
-from backends.openai_protocol import OpenAIProtocol
+from backends.protocols.native import LightLLMProtocol, TGIProtocol, TritonProtocol
+from backends.protocols.openai import OpenAIProtocol
 from loadgen.records import CANCELLED, OK, TIMEOUT, RequestRecord
 from loadgen.workload import RequestSpec
 

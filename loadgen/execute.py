@@ -14,16 +14,16 @@ from pathlib import Path
 from backends.registry import protocol_for
 from loadgen.accuracy import timing_error
 from loadgen.client import Target
+from loadgen.csv_export import write_requests_csv, write_summary_csv
 from loadgen.launch import Endpoint, get_json
 from loadgen.metrics import client_cpu_warning, summarize
-from loadgen.csv_export import write_requests_csv, write_summary_csv
 from loadgen.records import RecordWriter, read_records
-from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
-from loadgen.telemetry import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
 from loadgen.rundir import environment, utc_now, write_json
 from loadgen.runner import LoadPlan, run_load
-from loadgen.workers import choose_workers, client_summary, on_this_host, run_load_in_workers
+from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
 from loadgen.slo import parse_slo
+from loadgen.telemetry import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
+from loadgen.workers import choose_workers, client_summary, on_this_host, run_load_in_workers
 
 
 def load_description(plan: LoadPlan) -> dict:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shlex
+import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,15 +14,11 @@ from typing import AsyncIterator
 
 import aiohttp
 
-import os
-import shlex
-import sys
-
-from backends import sim as sim_backend
 from backends.launch_spec import LaunchRequest, LaunchSpec
-from backends.registry import FRAMEWORKS, adapter
 from backends.process import ServerProcess, find_free_port, port_in_use
-from backends.sim import SimConfig
+from backends.registry import FRAMEWORKS, adapter
+from backends.sim import command as sim_backend
+from backends.sim.config import SimConfig
 from loadgen.errors import LoadgenError
 from scenarios.catalog import CatalogError, get_model
 

@@ -17,8 +17,8 @@ import json
 import logging
 import os
 import sys
-import urllib.request
 import time
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 

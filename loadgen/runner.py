@@ -18,11 +18,11 @@ import numpy as np
 
 from loadgen.arrivals import ArrivalProcess
 from loadgen.client import Target, make_session, open_connections, send_request
+from loadgen.records import RequestRecord
+from loadgen.workload import RequestSpec
 
 # Connections opened ahead of an open-loop run (its peak concurrency is not known in advance).
 OPEN_LOOP_PREWARM = 32
-from loadgen.records import RequestRecord
-from loadgen.workload import RequestSpec
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,16 @@ from urllib.parse import urlsplit
 from loadgen.client import Target, make_session, open_connections
 from loadgen.errors import LoadgenError
 from loadgen.records import RequestRecord
-from loadgen.runner import (OPEN_LOOP_PREWARM, ErrorLimit, LoadOutcome, LoadPlan, _closed_loop, _open_loop,
-                            numbered_specs, schedule)
+from loadgen.runner import (
+    OPEN_LOOP_PREWARM,
+    ErrorLimit,
+    LoadOutcome,
+    LoadPlan,
+    _closed_loop,
+    _open_loop,
+    numbered_specs,
+    schedule,
+)
 
 _HEADER = struct.Struct("!I")
 READY_TIMEOUT_S = 120.0  # a worker imports aiohttp and opens its connections before the clock starts

@@ -1,4 +1,5 @@
-"""The catalog (models, GPUs) and, later, workload scenarios, as data plus a small validating loader."""
+"""Data and small validating loaders: the model and GPU catalog (catalog.py), workload scenario files (scenario.py
+and the YAML files beside it) and sample datasets (data/)."""
 
 from scenarios.catalog import (
     CatalogError,

@@ -19,7 +19,7 @@ from collections import Counter
 
 from aiohttp import web
 
-from backends.http_server import serve_until_stopped
+from backends.eventloop import serve_until_stopped
 
 BEHAVIOURS = ("ok", "slow", "http500", "http429", "cut", "malformed", "stall", "empty", "reset")
 

@@ -18,7 +18,7 @@ import sys
 
 from aiohttp import web
 
-from backends.http_server import serve_until_stopped
+from backends.eventloop import serve_until_stopped
 
 
 def build_app(itl: float, die_after: int | None, native: str = "tgi") -> web.Application:

@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from backends.openai_protocol import OpenAIProtocol
+from backends.protocols.openai import OpenAIProtocol
 from loadgen.client import Target
 from loadgen.distributions import LengthDistribution
 from loadgen.runner import LoadPlan, run_load

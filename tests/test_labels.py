@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from backends.profile_cost import Profile
+from backends.sim.profile_cost import Profile
 from conftest import ROOT, run_loadgen
 from scenarios.catalog import get_gpu
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from backends.model_dir import train_tokenizer, weight_shapes, write_model_dir
 from backends.errors import BackendError
+from backends.model_dir import train_tokenizer, weight_shapes, write_model_dir
 from scenarios.catalog import get_model
 from tests.conftest import run_loadgen
 

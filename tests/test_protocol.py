@@ -4,7 +4,7 @@ import asyncio
 
 from aiohttp import web
 
-from backends.openai_protocol import OpenAIProtocol, OpenAIStreamParser
+from backends.protocols.openai import OpenAIProtocol, OpenAIStreamParser
 from loadgen.client import Target, make_session, send_request
 from loadgen.workload import RequestSpec
 

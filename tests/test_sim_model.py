@@ -1,9 +1,9 @@
 import pytest
 
-from backends.roofline import EngineCostParams, SeqWork, attention_flops, iteration_cost, memory_plan
-from backends.sim import build_config
 from backends.errors import BackendError
-from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest
+from backends.sim.config import build_config
+from backends.sim.roofline import EngineCostParams, SeqWork, attention_flops, iteration_cost, memory_plan
+from backends.sim.scheduler import ContinuousBatchScheduler, SimRequest
 from scenarios.catalog import get_gpu, get_model
 
 H100 = get_gpu("h100")
@@ -122,8 +122,8 @@ def test_replay_of_a_lone_request_follows_the_pipeline_by_hand():
     the step after it is launched and its own GPU work is done."""
     from dataclasses import replace
 
-    from backends.sim import build_config
-    from backends.sim_replay import replay, summarize_replay
+    from backends.sim.config import build_config
+    from backends.sim.replay import replay, summarize_replay
 
     cfg = build_config("7b", "h100", 1)
     cfg = replace(cfg, cost=replace(cfg.cost, frontend_token_s=0.0))
@@ -152,8 +152,8 @@ def test_replay_of_a_lone_request_follows_the_pipeline_by_hand():
 def test_step_pipeline_hides_a_launch_behind_the_gpu_unless_it_is_longer():
     """The CPU launches step k+1 while the GPU runs step k. A short launch is hidden; a long one (off the CUDA
     graph) paces the GPU, which cannot finish before the last launch plus one layer's work."""
-    from backends.roofline import IterationCost
-    from backends.sim import StepPipeline
+    from backends.sim.pipeline import StepPipeline
+    from backends.sim.roofline import IterationCost
 
     def step(gpu, launch, tail=0.0):
         return IterationCost(0, 0, gpu, 0, 0, 0, launch_s=launch, tail_s=tail)
@@ -171,8 +171,8 @@ def test_busy_arrival_in_the_default_config_pays_the_eager_launch_not_its_sum():
     """A request arriving beside one decoding request makes a 513-token step: off the graph, launched in
     2.2 + 2 x (0.04 + 0.2) + 32 x 0.47 ms. Its TTFT grows over a lone request's by about that launch minus the prefill's own, not by
     the launch on top of the GPU's work as a model without the CPU/GPU overlap would say."""
-    from backends.sim import build_config
-    from backends.sim_replay import replay
+    from backends.sim.config import build_config
+    from backends.sim.replay import replay
 
     cfg = build_config("7b", "h100", 1)
     lone = replay(cfg, 512, 128, 0, send_times=[0.0])[0].ttft_s
@@ -187,7 +187,7 @@ def test_busy_arrival_in_the_default_config_pays_the_eager_launch_not_its_sum():
 
 
 def test_front_end_is_one_fifo_worker():
-    from backends.sim import FrontEnd
+    from backends.sim.pipeline import FrontEnd
 
     f = FrontEnd(token_s=0.001)
     assert f.deliver(1.0, 20) == pytest.approx(1.020)  # 20 tokens of a step that ended at 1.0 s
@@ -201,8 +201,8 @@ def test_scheduling_lag_costs_a_busy_arrival_about_one_step():
     later than without: its TTFT grows by about one decode step; arrivals at an idle engine are not delayed."""
     from dataclasses import replace
 
-    from backends.sim import build_config
-    from backends.sim_replay import replay
+    from backends.sim.config import build_config
+    from backends.sim.replay import replay
 
     base = build_config("7b", "h100", 1)
     cfgs = [replace(base, cost=replace(base.cost, scheduling_lag_steps=lag, frontend_token_s=0.0)) for lag in (0, 1)]
@@ -217,7 +217,7 @@ def test_launch_costs_by_hand():
     """A decode-only step replays one graph; a step with a prefill runs on piecewise graphs (attention launched per
     layer); a step over the largest graph (a 512-token prefill beside one decode: 513 tokens) launches every
     kernel per layer."""
-    from backends.roofline import EngineCostParams, iteration_cost, launch_seconds
+    from backends.sim.roofline import EngineCostParams, iteration_cost, launch_seconds
     from scenarios.catalog import get_gpu, get_model
 
     m, g, p = get_model("7b"), get_gpu("h100"), EngineCostParams()
@@ -236,8 +236,8 @@ def test_launch_costs_by_hand():
 
 
 def test_replay_of_a_given_schedule_sends_exactly_then():
-    from backends.sim import build_config
-    from backends.sim_replay import replay
+    from backends.sim.config import build_config
+    from backends.sim.replay import replay
 
     cfg = build_config("7b", "h100", 1)
     times = [0.0, 5.0, 2.5]  # far apart: each request meets an idle engine
@@ -252,8 +252,8 @@ def test_replay_of_a_given_schedule_sends_exactly_then():
 def test_replay_takes_lengths_per_request_and_reports_p90s():
     """Per-request lengths are used in send order (a workload drawn from a distribution); the same length for
     every request gives exactly the fixed-length replay; p90s come with the medians."""
-    from backends.sim import build_config
-    from backends.sim_replay import replay, summarize_replay
+    from backends.sim.config import build_config
+    from backends.sim.replay import replay, summarize_replay
 
     cfg = build_config("7b", "h100", 1)
     times = [0.0, 5.0, 10.0]  # far apart: each request meets an idle engine

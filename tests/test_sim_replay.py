@@ -12,10 +12,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import backends.sim_replay as sim_replay
-from backends.roofline import SeqWork
-from backends.sim import build_config
-from backends.sim_replay import _TotalsCost, replay, replay_stepwise
+import backends.sim.replay as sim_replay
+from backends.sim.config import build_config
+from backends.sim.replay import _TotalsCost, replay, replay_stepwise
+from backends.sim.roofline import SeqWork
 
 PROFILE = "results/h100-profile-7b.json"
 

@@ -113,9 +113,9 @@ def test_live_engine_steps_at_the_cpu_pace_when_the_gpu_is_quicker(start_sim):
     """A tiny model's GPU step (~1.6 ms) is shorter than a step's launch (2.24 ms): under asynchronous scheduling the
     engine can go no faster than its CPU, so the live sim decodes at the launch's pace, as the replay predicts (a
     model of GPU time alone would say 1.6 ms, 29% less)."""
-    from backends.roofline import SeqWork
-    from backends.sim import build_config
-    from backends.sim_replay import replay
+    from backends.sim.config import build_config
+    from backends.sim.replay import replay
+    from backends.sim.roofline import SeqWork
 
     cfg = build_config("tiny", "h100", 1)
     step = cfg.step_cost([SeqWork(1, 40, True)])

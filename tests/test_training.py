@@ -10,7 +10,7 @@ import pytest
 from scenarios.catalog import get_model
 from tests.conftest import ROOT
 from training_bench.flops import training_flops_per_token
-from training_bench.train import TrainConfig, memory_estimate_gib
+from training_bench.train_config import TrainConfig, memory_estimate_gib
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -151,8 +151,8 @@ def test_missing_quantization_and_deepspeed_are_named():
 
 
 def test_out_of_memory_message_quotes_the_estimate():
-    from training_bench.train import _oom_message
     from training_bench.model_build import truncated
+    from training_bench.train import _oom_message
 
     cfg = TrainConfig(model="7b", micro_batch=4, seq_len=2048)
     est = memory_estimate_gib(cfg)

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from backends.profile_cost import Profile  # noqa: E402
-from backends.roofline import EngineCostParams, SeqWork  # noqa: E402
+from backends.sim.profile_cost import Profile  # noqa: E402
+from backends.sim.roofline import EngineCostParams, SeqWork  # noqa: E402
 from conftest import ROOT, run_loadgen  # noqa: E402
 from scenarios.catalog import get_gpu, get_model  # noqa: E402
 from training_bench import flops as fl  # noqa: E402

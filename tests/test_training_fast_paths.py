@@ -26,7 +26,7 @@ from tests.conftest import ROOT
 from training_bench.errors import BenchError
 from training_bench.memory_fit import check_fits, shard_factors
 from training_bench.recommend import Row, describe, recommend, rows_from_file
-from training_bench.train import TrainConfig, memory_estimate_gib
+from training_bench.train_config import TrainConfig, memory_estimate_gib
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -199,10 +199,10 @@ def test_compile_scopes_train_on_cpu(tmp_path, scope):
 
 
 def test_layer_scope_compiles_every_decoder_layer_in_place():
+    from torch._dynamo.utils import counters
+
     from training_bench.fast_paths import compile_model
     from training_bench.model_build import build_model
-
-    from torch._dynamo.utils import counters
 
     spec = dataclasses.replace(get_model("tiny"), num_layers=6)
     model = build_model(spec, "sdpa", torch.device("cpu"), torch.float32)

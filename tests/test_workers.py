@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, run_loadgen
 from loadgen.arrivals import ArrivalProcess
 from loadgen.runner import LoadPlan
 from loadgen.workers import choose_workers, client_summary, on_this_host, split_evenly
-
-from conftest import ROOT, run_loadgen
 
 
 def _records(run: Path) -> list[dict]:

@@ -48,7 +48,6 @@ def apply_kernels(model, kernels: str) -> list[str]:
         return []
     quiet_imports()
     from liger_kernel.transformers import apply_liger_kernel_to_llama
-
     from transformers import LlamaForCausalLM
 
     # a peft wrapper keeps the Llama inside; the patch goes on the Llama itself

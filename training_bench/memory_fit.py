@@ -1,7 +1,7 @@
 """Will a run fit? Checked before anything is allocated, so a 7B run on a laptop says so in one line instead of
 dying in the allocator (or in the kernel's OOM killer) a minute later.
 
-The estimate is `train.memory_estimate_gib`. Weights, gradients and optimizer state are exact counts; the
+The estimate is `train_config.memory_estimate_gib`. Weights, gradients and optimizer state are exact counts; the
 activation figure is a per-token fit measured on the H100, so it decides only when it is far over: a run is
 refused when the exact part alone exceeds the memory there is, or when the whole estimate exceeds it by more
 than ACTIVATION_SLACK.

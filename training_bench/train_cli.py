@@ -14,7 +14,8 @@ from pathlib import Path
 from training_bench.errors import BenchError
 from training_bench.fast_paths import COMPILE_SCOPES, KERNELS
 from training_bench.model_build import ATTENTION
-from training_bench.train import ENGINES, LORA_TARGETS, PRECISIONS, TrainConfig, run_training
+from training_bench.train import run_training
+from training_bench.train_config import ENGINES, LORA_TARGETS, PRECISIONS, TrainConfig
 
 
 def _on_off(value: str) -> bool:
@@ -241,7 +242,7 @@ def _config_for(args: argparse.Namespace, combo: dict) -> TrainConfig:
 
 def _refusal(cfg: TrainConfig, device_type: str) -> str | None:
     """The one-line refusal the point's own process would print, found without starting it."""
-    from training_bench.train import check_config, dist_env, resolve_defaults
+    from training_bench.train_config import check_config, dist_env, resolve_defaults
 
     try:
         check_config(resolve_defaults(cfg, device_type), device_type, dist_env())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from backends.sse import EventParser as _EventParser
+from backends.protocols.sse import EventParser as _EventParser
 
 
 class _TokenEventParser(_EventParser):

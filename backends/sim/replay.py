@@ -21,9 +21,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from backends.roofline import SeqWork, memory_plan
-from backends.sim import ArrivalLag, FrontEnd, SimConfig, StepPipeline
-from backends.sim_scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
+from backends.sim.config import SimConfig
+from backends.sim.pipeline import ArrivalLag, FrontEnd, StepPipeline
+from backends.sim.roofline import SeqWork, memory_plan
+from backends.sim.scheduler import ContinuousBatchScheduler, SimRequest, TokenEvent
 
 # Products and sums of whole numbers are exact in binary64 below this: the step cost's attention FLOPs are such a
 # sum in any order only while they stay under it.
@@ -193,7 +194,7 @@ class _TotalsCost:
         t, tp = self.profile.tables, self.tp
         layer = self._profile_layer.get(tokens)
         if layer is None:
-            from backends.profile_cost import LAYER_OPS, SHARDED
+            from backends.sim.profile_cost import LAYER_OPS, SHARDED
 
             layer = sum(t[name](tokens) / (tp if name in SHARDED else 1) for name in LAYER_OPS)
             layer += t["rmsnorm"](tokens)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from backends.roofline import SeqWork
+from backends.sim.roofline import SeqWork
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Pure functions, so the simulated engine's timing can be unit-tested against hand-computed values.
 Constants that are not datasheet figures (efficiencies, fixed overheads) live in `EngineCostParams`
-with their defaults documented; issue 12 fits them to a measured engine.
+with their defaults documented: each says whether it was measured or fitted, and on what
+(benchmarks/sim_validation.py fits; results/README.md keeps the calibration history).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class EngineCostParams:
     # GPU time every step pays beyond its FLOPs and bytes: sampling, small kernels, gaps between graph pieces.
     # Fitted, with request_overhead_s, to vLLM 0.22.0 on an H100 (Llama-2-7B shape, 512 in / 128 out) on its
     # closed loop of one user, where TPOT is one decode step and TTFT one lone prefill plus the request latency
-    # (benchmarks/sim_validation.py, fourth session's runs: results/h100-sim-validation-fixed-pinned.json has every
-    # other point's error).
+    # (benchmarks/sim_validation.py on runs without min_tokens: results/h100-sim-validation-fixed-pinned.json has
+    # every other point's error).
     step_overhead_s: float = 1.5e-3
     # Latency from a request's arrival to the engine's intake plus its first token's way back to the client (HTTP,
     # tokenization, the engine's input and output hops); fitted as above.
@@ -61,8 +62,9 @@ class EngineCostParams:
     # 0.039 / 0.058 / 0.084 ms per token at 4 / 8 / 16 req/s, after the engine's output (the step trace's times on
     # the clock loadgen shares), and the first of them 1.0 / 1.2 / 2.1 ms after it. 0 turns it off.
     frontend_token_s: float = 0.06e-3
-    # A retired mechanism, kept for the alternative fits of earlier sessions (results/README.md), off by default: a
-    # busy engine schedules a new request this many step boundaries later than the next one.
+    # A busy engine schedules a new request this many step boundaries later than the next one. Off: the model it
+    # belongs to (one-step-ahead scheduling) fits vLLM worse (results/README.md); kept so that
+    # `benchmarks/sim_validation.py --lag` can still fit and compare it.
     scheduling_lag_steps: int = 0
     # Latency of one small all-reduce between GPUs (NVLink, custom all-reduce kernels).
     allreduce_latency_s: float = 8e-6

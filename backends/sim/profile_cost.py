@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from backends.errors import BackendError
-from backends.roofline import EngineCostParams, IterationCost, SeqWork, iteration_cost, with_launch
+from backends.sim.roofline import EngineCostParams, IterationCost, SeqWork, iteration_cost, with_launch
 from scenarios.catalog import GPUSpec, ModelSpec
 
 PROFILE_FORMAT = "dissect-profile"

@@ -1,0 +1,5 @@
+import sys
+
+from backends.sim.command import main
+
+sys.exit(main())
