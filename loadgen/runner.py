@@ -233,6 +233,7 @@ async def _closed_loop(session, target, next_item, plan, origin_ns, done, concur
     deadline_ns = None if plan.duration_s is None else origin_ns + int(plan.duration_s * 1e9)
 
     async def user() -> None:
+        task = asyncio.current_task()
         while True:
             if deadline_ns is not None and time.perf_counter_ns() >= deadline_ns:
                 return
@@ -242,6 +243,10 @@ async def _closed_loop(session, target, next_item, plan, origin_ns, done, concur
             position, spec = item
             await _send_conversation(session, target, spec, origin_ns, _phase(position, plan.warmup), None,
                                      plan, done)
+            # A cancelled request is recorded, not raised (send_request keeps its record): the cancel is still
+            # pending on this task, and it means the run is stopping, so take no next request.
+            if task.cancelling():
+                return
 
     users = int(plan.concurrency or 1) if concurrency is None else concurrency
     tasks = {asyncio.create_task(user()) for _ in range(users)}
