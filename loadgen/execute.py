@@ -21,28 +21,9 @@ from loadgen.records import RecordWriter, read_records
 from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
 from loadgen.telemetry import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
 from loadgen.rundir import environment, utc_now, write_json
-from loadgen.runner import LoadPlan, run_load
-from loadgen.workers import choose_workers, client_summary, on_this_host, run_load_in_workers
+from loadgen.load import LoadPlan, LocalRunner
+from loadgen.load.processes import ProcessRunner, choose_workers, client_summary, on_this_host
 from loadgen.slo import parse_slo
-
-
-def load_description(plan: LoadPlan) -> dict:
-    return {
-        "mode": plan.mode,
-        "arrival": "trace" if plan.trace_time_scale is not None else (plan.arrival.kind if plan.arrival else None),
-        "qps": plan.arrival.rate if plan.arrival else None,
-        "burstiness": plan.arrival.burstiness if plan.arrival else None,
-        "time_scale": plan.trace_time_scale,
-        "concurrency": plan.concurrency,
-        "num_requests": plan.num_requests,
-        "duration_s": plan.duration_s,
-        "warmup": plan.warmup,
-        "timeout_s": plan.timeout_s,
-        "idle_timeout_s": plan.idle_timeout_s,
-        "max_errors": plan.max_errors,
-        "max_error_rate": plan.max_error_rate,
-        "seed": plan.seed,
-    }
 
 
 async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan, workload, run_dir: Path,
@@ -70,7 +51,7 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
         "path": protocol.path_for(endpoint.model),
         "ignore_eos": protocol.ignore_eos,
         "workload": workload.describe(),
-        "load": {**load_description(plan), "workers": workers},
+        "load": {**plan.describe(), "workers": workers},
         "slo_ms": slo,
         "api_key_given": bool(headers),
     }
@@ -98,9 +79,9 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
             progress.update(1)
 
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        load_task = asyncio.create_task(
-            run_load_in_workers(target, workload, plan, on_record, workers, opts.tokenizer) if workers > 1
-            else run_load(target, workload, plan, on_record, keep_records=False))
+        runner = (ProcessRunner(target, workload, plan, on_record, workers, opts.tokenizer) if workers > 1
+                  else LocalRunner(target, workload, plan, on_record))
+        load_task = asyncio.create_task(runner.run())
         remove = _install_stop_handlers(load_task, endpoint.kill)
         try:
             outcome = await load_task
