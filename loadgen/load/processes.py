@@ -19,7 +19,6 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 from loadgen.client import Target
@@ -27,7 +26,7 @@ from loadgen.errors import LoadgenError
 from loadgen.load import channel
 from loadgen.load.plans import LoadPlan, Share, split_evenly
 from loadgen.load.runner import Runner
-from loadgen.records import RequestRecord
+from loadgen.run_events import RunEvents
 
 __all__ = ["ProcessRunner", "WorkerJob", "choose_workers", "client_summary", "on_this_host", "split_evenly"]
 
@@ -117,9 +116,9 @@ class ProcessRunner(Runner):
 
     stop_grace_s = STOP_GRACE_S
 
-    def __init__(self, target: Target, workload, plan: LoadPlan, on_record: Callable[[RequestRecord], None],
-                 workers: int, tokenizer: str | None = None):
-        super().__init__(target, workload, plan, on_record, keep_records=False)
+    def __init__(self, target: Target, workload, plan: LoadPlan, events: RunEvents, workers: int,
+                 tokenizer: str | None = None):
+        super().__init__(target, workload, plan, events, keep_records=False)
         self.workers, self.tokenizer = workers, tokenizer
         self.started: list[_Worker] = []
 

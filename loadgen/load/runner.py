@@ -1,8 +1,8 @@
 """The runner: one run of a plan, from this process (`LocalRunner`) or from client processes
 (`loadgen.load.processes.ProcessRunner`).
 
-Both share what a run is: every record goes through one sink (`Runner.record`: the caller's `on_record`, then the
-error limit) the moment its request ends, and one `StopSignal` ends the run, whether a limit was crossed or the
+Both share what a run is: every record goes through one sink (`Runner.record`, which fires the run's `record` event:
+the caller's listeners, then the error limit) the moment its request ends, and one `StopSignal` ends the run, whether a limit was crossed or the
 caller's task was cancelled (Ctrl-C). In-flight requests are then cancelled, recorded as `cancelled`, and the run
 returns what was measured.
 """
@@ -19,6 +19,7 @@ from loadgen.client import Target, make_session, open_connections
 from loadgen.load.plans import LoadPlan, Sender, shape_of
 from loadgen.load.stop import ErrorLimit, StopSignal
 from loadgen.records import RequestRecord
+from loadgen.run_events import RunEvents
 
 
 @dataclass
@@ -38,24 +39,16 @@ class Runner:
 
     stop_grace_s: float | None = None  # after a stop, how long the load gets to return its cancelled requests
 
-    def __init__(self, target: Target, workload, plan: LoadPlan, on_record: Callable[[RequestRecord], None],
-                 keep_records: bool = False):
+    def __init__(self, target: Target, workload, plan: LoadPlan, events: RunEvents, keep_records: bool = False):
         self.target, self.workload, self.plan = target, workload, plan
         self.shape = shape_of(plan)
-        self.on_record = on_record
-        self.keep_records = keep_records
-        self.records: list[RequestRecord] = []
-        self.limit = ErrorLimit(plan)
         self.stop = StopSignal()
-
-    def record(self, record: RequestRecord) -> None:
-        """The one record sink: every request's record, in the order they end."""
-        if self.keep_records:
-            self.records.append(record)
-        self.on_record(record)
-        reason = self.limit.add(record)
-        if reason:
-            self.stop.request(reason)
+        self.limit = ErrorLimit(plan, self.stop)
+        self.records: list[RequestRecord] = []
+        events.record.add_listener(self.limit.record)  # after the caller's listeners: a record is written first
+        if keep_records:
+            events.record.add_listener(self.records.append)
+        self.record = events.record.fire  # the one record sink: every request's record, in the order they end
 
     async def run(self) -> LoadOutcome:
         """Run the plan until it is done, an error limit is crossed or the caller's task is cancelled."""
@@ -132,6 +125,8 @@ class LocalRunner(Runner):
 
 async def run_load(target: Target, workload, plan: LoadPlan, on_record: Callable[[RequestRecord], None],
                    keep_records: bool = True) -> LoadOutcome:
-    """Run the plan from this process. keep_records=False keeps nothing per request in memory (long runs: read
-    the file)."""
-    return await LocalRunner(target, workload, plan, on_record, keep_records).run()
+    """Run the plan from this process, handing each record to `on_record`. keep_records=False keeps nothing per
+    request in memory (long runs: read the file)."""
+    events = RunEvents()
+    events.record.add_listener(on_record)
+    return await LocalRunner(target, workload, plan, events, keep_records).run()

@@ -32,14 +32,19 @@ class StopSignal:
 
 
 class ErrorLimit:
-    """Counts failures as records arrive and says when a run-level limit is crossed."""
+    """A listener on a run's records: counts failures and requests the stop when a run-level limit is crossed."""
 
-    def __init__(self, plan) -> None:  # a LoadPlan
-        self.plan = plan
+    def __init__(self, plan, stop: StopSignal) -> None:  # a LoadPlan
+        self.plan, self.stop = plan, stop
         self.done = 0
         self.failed = 0
 
-    def add(self, record: RequestRecord) -> str | None:
+    def record(self, record: RequestRecord) -> None:
+        reason = self.crossed(record)
+        if reason:
+            self.stop.request(reason)
+
+    def crossed(self, record: RequestRecord) -> str | None:
         self.done += 1
         if record.status.startswith("error") or record.status == "timeout":
             self.failed += 1
