@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.registry import protocol_for
+from loadgen import run_json
 from loadgen.client import Target
 from loadgen.launch import Endpoint
 from loadgen.listeners.files import CsvFiles, RecordFile, SummaryFile
@@ -28,7 +29,6 @@ from loadgen.load.processes import ProcessRunner, choose_workers, client_summary
 from loadgen.metrics import client_cpu_warning, summarize
 from loadgen.records import read_records
 from loadgen.run_events import RunEvents, RunResult
-from loadgen import run_json
 from loadgen.slo import parse_slo
 
 

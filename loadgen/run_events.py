@@ -8,9 +8,10 @@ ground truth and CSV files each subscribe to those they need (loadgen/listeners/
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from loadgen.records import RequestRecord
 

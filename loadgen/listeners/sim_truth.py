@@ -18,6 +18,5 @@ class SimGroundTruth:
         ids = {r.response_id for r in result.records if r.response_id}
         truth = [g for g in ((await get_json(self.url + "/sim/requests")) or {}).get("requests", []) if g["id"] in ids]
         with open(result.run_dir / "sim_ground_truth.jsonl", "w") as f:
-            for g in truth:
-                f.write(json.dumps(g) + "\n")
+            f.writelines(json.dumps(g) + "\n" for g in truth)
         result.summary["client_timing_error"] = timing_error(result.records, truth, result.outcome.origin_ns)

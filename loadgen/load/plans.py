@@ -13,8 +13,8 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class Schedule:
     specs: list[RequestSpec]
     offsets: list[float]
 
-    def share(self, k: int, n: int) -> "Schedule":
+    def share(self, k: int, n: int) -> Schedule:
         """Worker k of n sends request k, k + n, ...: the same requests at the same offsets whatever n is."""
         return Schedule(self.positions[k::n], self.specs[k::n], self.offsets[k::n])
 
@@ -120,7 +120,7 @@ class Share:
 
     users: int  # closed loop: its users (0 for an open loop)
     connections: int  # keep-alive connections it opens before the clock
-    work: "Schedule | list[tuple[int, RequestSpec]]"  # its slice of the schedule, or the items it starts with
+    work: Schedule | list[tuple[int, RequestSpec]]  # its slice of the schedule, or the items it starts with
     fed: bool  # closed loop: later items come from the parent as its users take them
 
 

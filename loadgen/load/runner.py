@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from loadgen.client import Target, make_session, open_connections
 from loadgen.load.plans import LoadPlan, Sender, shape_of
