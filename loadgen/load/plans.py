@@ -142,7 +142,6 @@ class OpenLoop:
         self.plan = plan
 
     connection_limit = 0  # the client must never queue
-    users = 0
 
     def connections(self, workers: int = 1) -> int:
         return max(1, OPEN_LOOP_PREWARM // workers)

@@ -84,7 +84,7 @@ async def _work(fd: int) -> None:
             while (delay := (origin_ns - time.perf_counter_ns()) / 1e9) > 0:
                 await asyncio.sleep(delay)
         sender = Sender(session, target, job.plan, origin_ns, done)
-        load = asyncio.create_task(shape.drive(sender, feed or share.work, stop, share.users))
+        load = asyncio.create_task(shape.drive(sender, share.work if feed is None else feed, stop, share.users))
         stop.on_request(load.cancel)
 
         async def control() -> None:
