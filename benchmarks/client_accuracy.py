@@ -39,7 +39,7 @@ from backends.protocols.openai import OpenAIProtocol  # noqa: E402
 from loadgen.accuracy import timing_error  # noqa: E402
 from loadgen.client import Target  # noqa: E402
 from loadgen.distributions import LengthDistribution  # noqa: E402
-from loadgen.runner import LoadPlan, run_load  # noqa: E402
+from loadgen.load import LoadPlan, run_load  # noqa: E402
 from loadgen.workload import Workload  # noqa: E402
 
 WORKLOADS = {"mixed": ("uniform:128,384", "uniform:32,96"), "lockstep": ("256", "64")}

@@ -1,125 +1,104 @@
-"""Run one load point against an endpoint and write its run directory, record by record."""
+"""Run one load point against an endpoint and write its run directory, record by record.
+
+`run_point` assembles a run and fires its events: the options it reads (`point_settings`, the one place), the
+listeners those ask for (`listeners_for`: record file, progress, telemetry, sim ground truth, summary, CSV), run.json
+(loadgen/run_json.py) and the runner (loadgen/load/). It calls no listener by name.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from backends.registry import protocol_for
-from loadgen.accuracy import timing_error
+from loadgen import run_json
 from loadgen.client import Target
-from loadgen.csv_export import write_requests_csv, write_summary_csv
-from loadgen.launch import Endpoint, get_json
+from loadgen.launch import Endpoint
+from loadgen.listeners.files import CsvFiles, RecordFile, SummaryFile
+from loadgen.listeners.progress import ProgressBar
+from loadgen.listeners.sim_truth import SimGroundTruth
+from loadgen.listeners.telemetry import GpuTelemetry, ServerMetrics
+from loadgen.load import LoadOutcome, LoadPlan, LocalRunner
+from loadgen.load.processes import ProcessRunner, choose_workers, client_summary, on_this_host
 from loadgen.metrics import client_cpu_warning, summarize
-from loadgen.records import RecordWriter, read_records
-from loadgen.rundir import environment, utc_now, write_json
-from loadgen.runner import LoadPlan, run_load
-from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
+from loadgen.records import read_records
+from loadgen.run_events import RunEvents, RunResult
 from loadgen.slo import parse_slo
-from loadgen.telemetry import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
-from loadgen.workers import choose_workers, client_summary, on_this_host, run_load_in_workers
 
 
-def load_description(plan: LoadPlan) -> dict:
+@dataclass(frozen=True)
+class PointSettings:
+    """What a point takes from the run's options."""
+
+    slo: str | None  # e.g. "ttft:500ms,tpot:50ms"
+    ignore_eos: bool
+    workers: int | str  # a count or "auto"
+    tokenizer: str | None  # for the worker processes, which load it themselves
+    quiet: bool
+    csv: bool
+    gpu_telemetry: bool
+    gpu_sample_interval: float
+    scrape_interval: float | None
+    scenario: str | None
+    gpu: str | None  # what a simulated engine stands for when it does not say, and a launched framework's GPUs
+    gpus: int | None
+
+
+def point_settings(opts: argparse.Namespace) -> PointSettings:
+    """The one place a point reads the run's options."""
+    return PointSettings(slo=opts.slo, ignore_eos=opts.ignore_eos, workers=opts.workers, tokenizer=opts.tokenizer,
+                         quiet=bool(opts.quiet), csv=bool(opts.csv), gpu_telemetry=bool(opts.gpu_telemetry),
+                         gpu_sample_interval=opts.gpu_sample_interval, scrape_interval=opts.scrape_interval,
+                         scenario=opts.scenario_name, gpu=opts.gpu, gpus=opts.gpus)
+
+
+def listeners_for(settings: PointSettings, endpoint: Endpoint, run_dir: Path, headers: dict[str, str], workload,
+                  plan: LoadPlan, label: str) -> list[object]:
+    """In the order they hear each event: whoever adds to the summary comes before SummaryFile and CsvFiles."""
+    desc = (label or f"{endpoint.info['name']} {endpoint.model}") + (" (SIMULATED)" if endpoint.simulated else "")
+    multi_turn = getattr(workload, "turns", 1) > 1 or getattr(workload, "multi_turn", False)
+    listeners: list[object] = [ProgressBar(desc, plan.total, multi_turn, settings.quiet), RecordFile(run_dir)]
+    if settings.gpu_telemetry:
+        listeners.append(GpuTelemetry(run_dir, settings.gpu_sample_interval, endpoint.simulated))
+    if endpoint.simulated:
+        listeners.append(SimGroundTruth(endpoint.url))
+    if endpoint.metrics_url and settings.scrape_interval:
+        listeners.append(ServerMetrics(endpoint.metrics_url, run_dir, settings.scrape_interval, headers))
+    listeners.append(SummaryFile())
+    if settings.csv:
+        listeners.append(CsvFiles())
+    return listeners
+
+
+def _run_info(settings: PointSettings, endpoint: Endpoint, protocol, plan: LoadPlan, workload, workers: int,
+              slo: dict | None, headers: dict[str, str]) -> dict:
+    sim = endpoint.info.get("sim") or {}
     return {
-        "mode": plan.mode,
-        "arrival": "trace" if plan.trace_time_scale is not None else (plan.arrival.kind if plan.arrival else None),
-        "qps": plan.arrival.rate if plan.arrival else None,
-        "burstiness": plan.arrival.burstiness if plan.arrival else None,
-        "time_scale": plan.trace_time_scale,
-        "concurrency": plan.concurrency,
-        "num_requests": plan.num_requests,
-        "duration_s": plan.duration_s,
-        "warmup": plan.warmup,
-        "timeout_s": plan.timeout_s,
-        "idle_timeout_s": plan.idle_timeout_s,
-        "max_errors": plan.max_errors,
-        "max_error_rate": plan.max_error_rate,
-        "seed": plan.seed,
-    }
-
-
-async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan, workload, run_dir: Path,
-                    headers: dict[str, str], count_tokens=None, label: str = "") -> tuple[dict, bool]:
-    """(summary, interrupted). Records are on disk the moment each request ends; Ctrl-C stops the point.
-    Nothing per request is held in memory during the run: the summary is computed from requests.jsonl."""
-    from tqdm import tqdm
-
-    slo = parse_slo(opts.slo) if opts.slo else None
-    protocol = protocol_for(endpoint.protocol_name, opts.ignore_eos, endpoint.info.get("name"))
-    target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
-    workers = choose_workers(opts.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
-    run_info: dict = {
-        "status": "running",
-        "started_at": utc_now(),
-        "environment": environment(),
-        "scenario": opts.scenario_name,
+        "scenario": settings.scenario,
         "backend": endpoint.info,
         "model": endpoint.model,
         # what the sim stands for, from the sim itself (an attached serve-sim was started with its own flags)
-        "gpu": (endpoint.info.get("sim") or {}).get("gpu", opts.gpu) if endpoint.simulated else None,
-        "gpus": ((endpoint.info.get("sim") or {}).get("tp", opts.gpus) if endpoint.simulated
-                 else opts.gpus if endpoint.server is not None else None),  # a launched framework's GPUs
+        "gpu": sim.get("gpu", settings.gpu) if endpoint.simulated else None,
+        "gpus": (sim.get("tp", settings.gpus) if endpoint.simulated
+                 else settings.gpus if endpoint.server is not None else None),  # a launched framework's GPUs
         "endpoint": protocol.endpoint,
         "path": protocol.path_for(endpoint.model),
         "ignore_eos": protocol.ignore_eos,
         "workload": workload.describe(),
-        "load": {**load_description(plan), "workers": workers},
+        "load": {**plan.describe(), "workers": workers},
         "slo_ms": slo,
         "api_key_given": bool(headers),
     }
-    write_json(run_dir / "run.json", run_info)
-    total = None if plan.num_requests is None else plan.num_requests + plan.warmup
-    desc = (label or f"{endpoint.info['name']} {endpoint.model}") + (" (SIMULATED)" if endpoint.simulated else "")
-    unit = "req"
-    if getattr(workload, "turns", 1) > 1 or getattr(workload, "multi_turn", False):
-        # --num-requests counts conversations but the bar advances per turn, and how many turns a conversation
-        # has is known only as it runs (it ends at a failed turn or at the context): count turns, total unknown
-        if total is not None:
-            desc += f", {total} conversations"
-        total, unit = None, "turn"
-    progress = tqdm(total=total, unit=unit, disable=bool(opts.quiet), file=sys.stderr, dynamic_ncols=True,
-                    desc=desc)
-    writer = RecordWriter(run_dir / "requests.jsonl")
-    sampler = _start_gpu_sampler(opts, endpoint, run_dir)
-    scraper = None
-    if endpoint.metrics_url and opts.scrape_interval:
-        scraper = MetricsScraper(endpoint.metrics_url, run_dir / "server_metrics.jsonl", opts.scrape_interval, headers)
-        await scraper.start()
-    try:
-        def on_record(record) -> None:
-            writer.write(record)
-            progress.update(1)
 
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        load_task = asyncio.create_task(
-            run_load_in_workers(target, workload, plan, on_record, workers, opts.tokenizer) if workers > 1
-            else run_load(target, workload, plan, on_record, keep_records=False))
-        remove = _install_stop_handlers(load_task, endpoint.kill)
-        try:
-            outcome = await load_task
-        finally:
-            remove()
-            client_cpu = (time.process_time() - cpu0, time.perf_counter() - wall0)
-    except BaseException as exc:
-        run_info.update(status="failed", finished_at=utc_now(), error=(str(exc).splitlines() or [repr(exc)])[0])
-        write_json(run_dir / "run.json", run_info)
-        raise
-    finally:
-        progress.close()
-        writer.close()
-        if sampler is not None:
-            sampler.stop()
-        if scraper is not None:
-            await scraper.stop()
 
-    records = read_records(run_dir / "requests.jsonl")
+def _summary(records, slo: dict | None, endpoint: Endpoint, workload, outcome: LoadOutcome,
+             client_cpu: tuple[float, float]) -> dict:
     summary = summarize(records, slo, simulated=endpoint.simulated)
     summary["prompt_source"] = workload.prompt_source
     if endpoint.simulated:
@@ -134,59 +113,51 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     summary["stopped_early"] = outcome.stopped_early
     if outcome.stopped_early:
         summary["warnings"].insert(0, f"run stopped early: {outcome.stopped_early}")
-    if endpoint.simulated:
-        ids = {r.response_id for r in records if r.response_id}
-        truth = [g for g in ((await get_json(endpoint.url + "/sim/requests")) or {}).get("requests", []) if g["id"] in ids]
-        with open(run_dir / "sim_ground_truth.jsonl", "w") as f:
-            for g in truth:
-                f.write(json.dumps(g) + "\n")
-        summary["client_timing_error"] = timing_error(records, truth, outcome.origin_ns)
-    if sampler is not None:
-        measured = [r for r in records if r.phase == "measured"]
-        if measured:
-            window = (min(r.sent_s for r in measured), max(r.finished_s for r in measured))
-            summary["energy"] = energy_summary(read_gpu_samples(run_dir / "gpu.jsonl", outcome.origin_ns), window,
-                                               summary["tokens"]["output_total"])
-    if scraper is not None:
-        summary["server_metrics"] = summarize_server_metrics(read_server_metrics(run_dir / "server_metrics.jsonl"))
-    write_json(run_dir / "summary.json", summary)
-    if opts.csv:
-        write_requests_csv(run_dir / "requests.csv", records)
-        write_summary_csv(run_dir / "summary.csv", summary)
-    status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
-    run_info.update(status=status, finished_at=utc_now(), stopped_early=outcome.stopped_early,
-                    origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s, workload=workload.describe())
-    write_json(run_dir / "run.json", run_info)
+    return summary
+
+
+async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan, workload, run_dir: Path,
+                    headers: dict[str, str], count_tokens=None, label: str = "") -> tuple[dict, bool]:
+    """(summary, interrupted). Records are on disk the moment each request ends; Ctrl-C stops the point.
+    Nothing per request is held in memory during the run: the summary is computed from requests.jsonl."""
+    settings = point_settings(opts)
+    slo = parse_slo(settings.slo) if settings.slo else None
+    protocol = protocol_for(endpoint.protocol_name, settings.ignore_eos, endpoint.info.get("name"))
+    target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
+    workers = choose_workers(settings.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
+    info = run_json.RunJson(run_dir, _run_info(settings, endpoint, protocol, plan, workload, workers, slo, headers))
+    events = RunEvents()
+    for listener in listeners_for(settings, endpoint, run_dir, headers, workload, plan, label):
+        events.subscribe(listener)
+    outcome = None
+    try:
+        await events.started.fire_and_wait()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        runner = (ProcessRunner(target, workload, plan, events, workers, settings.tokenizer) if workers > 1
+                  else LocalRunner(target, workload, plan, events))
+        load_task = asyncio.create_task(runner.run())
+        remove = _install_stop_handlers(load_task, endpoint.kill)
+        try:
+            outcome = await load_task
+        finally:
+            remove()
+            client_cpu = (time.process_time() - cpu0, time.perf_counter() - wall0)
+    except BaseException as exc:
+        info.failed(exc)
+        raise
+    finally:
+        await events.stopped.fire_and_wait(outcome)
+
+    records = read_records(run_dir / "requests.jsonl")
+    summary = _summary(records, slo, endpoint, workload, outcome, client_cpu)
+    await events.finished.fire_and_wait(RunResult(run_dir, records, summary, outcome))
+    info.finished(outcome, workload)
     return summary, outcome.interrupted
-
-
-def _start_gpu_sampler(opts: argparse.Namespace, endpoint: Endpoint, run_dir: Path) -> GPUSampler | None:
-    if not opts.gpu_telemetry:
-        return None
-    if endpoint.simulated:
-        print("GPU telemetry: skipped (the simulated engine uses no GPU)", file=sys.stderr)
-        return None
-    reason = nvml_unavailable_reason()
-    if reason:
-        print(f"GPU telemetry: skipped ({reason})", file=sys.stderr)
-        return None
-    sampler = GPUSampler(run_dir / "gpu.jsonl", opts.gpu_sample_interval)
-    sampler.start()
-    return sampler
 
 
 def record_failed_start(run_dir: Path, opts: argparse.Namespace, error: BaseException) -> None:
     """A run that failed before its first request still leaves a run.json saying what and why."""
-    if (run_dir / "run.json").exists():
-        return
-    write_json(run_dir / "run.json", {
-        "status": "failed",
-        "finished_at": utc_now(),
-        "error": (str(error).splitlines() or [repr(error)])[0],
-        "environment": environment(),
-        "scenario": opts.scenario_name,
-        "server_log": str(run_dir / "server.log") if (run_dir / "server.log").exists() else None,
-    })
+    run_json.record_failed_start(run_dir, point_settings(opts).scenario, error)
 
 
 def _install_stop_handlers(load_task: asyncio.Task, kill_server):

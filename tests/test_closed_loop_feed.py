@@ -6,7 +6,7 @@ import time
 from backends.protocols.openai import OpenAIProtocol
 from loadgen.client import Target
 from loadgen.distributions import LengthDistribution
-from loadgen.runner import LoadPlan, run_load
+from loadgen.load import LoadPlan, run_load
 from loadgen.workload import Workload
 
 

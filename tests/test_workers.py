@@ -13,8 +13,8 @@ import pytest
 
 from conftest import ROOT, run_loadgen
 from loadgen.arrivals import ArrivalProcess
-from loadgen.runner import LoadPlan
-from loadgen.workers import choose_workers, client_summary, on_this_host, split_evenly
+from loadgen.load import LoadPlan
+from loadgen.load.processes import choose_workers, client_summary, on_this_host, split_evenly
 
 
 def _records(run: Path) -> list[dict]:
@@ -85,7 +85,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_records(tmp_path, start_sim):
         if (out / "requests.jsonl").exists() and len((out / "requests.jsonl").read_text().splitlines()) >= 5:
             break
         time.sleep(0.1)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "loadgen.workers"], capture_output=True,
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "loadgen.load.worker"], capture_output=True,
                              text=True).stdout.split()
     assert len(workers) >= 2
     proc.send_signal(signal.SIGINT)

@@ -1,0 +1,125 @@
+"""A client worker process (`--workers N`): runs its share of the plan with the same plan classes as a local run,
+streaming each record back to the parent (loadgen/load/processes.py) the moment its request ends.
+
+    python -m loadgen.load.worker FD    (started by the parent, never by hand)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import replace
+
+from loadgen.client import make_session, open_connections
+from loadgen.load import channel
+from loadgen.load.plans import Sender, shape_of
+from loadgen.load.processes import WorkerJob
+from loadgen.load.stop import StopSignal
+from loadgen.records import RequestRecord
+
+
+class _ParentFeed:
+    """The closed loop's source of work in a worker: the items it started with, then one more from the parent
+    for each one its users take, until the parent says the plan's count is issued."""
+
+    def __init__(self, items: list, writer: asyncio.StreamWriter):
+        self.queue: deque = deque(items)
+        self.arrived = asyncio.Event()
+        self.ended = False
+        self.writer = writer
+
+    def add(self, items: list) -> None:
+        self.queue.extend(items)
+        self.arrived.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self.arrived.set()
+
+    async def __call__(self):
+        while not self.queue:
+            if self.ended:
+                return None
+            self.arrived.clear()
+            await self.arrived.wait()
+        self.writer.write(channel.frame(("want",)))
+        return self.queue.popleft()
+
+
+async def _work(fd: int) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
+    message = await channel.read(reader)
+    if message is None:
+        return
+    job: WorkerJob = message[1]
+    target = job.target
+    if job.tokenizer:
+        from loadgen.prompts import HFTokenizer
+
+        target = replace(target, count_tokens=HFTokenizer(job.tokenizer).count)
+    shape, share = shape_of(job.plan), job.share
+    feed = _ParentFeed(share.work, writer) if share.fed else None
+    stop = StopSignal()
+
+    def done(record: RequestRecord) -> None:
+        record.worker = job.index
+        writer.write(channel.frame(("record", record)))
+
+    async with make_session(share.users) as session:  # an open loop's 0: no limit, the client never queues
+        await open_connections(session, target, share.connections)
+        gc.collect()
+        gc.freeze()
+        writer.write(channel.frame(("ready",)))
+        message = await channel.read(reader)
+        if message is None or message[0] != "go":
+            return
+        origin_ns = message[1]
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        if feed is not None:  # users start at the origin; an open loop's offsets are from it already
+            while (delay := (origin_ns - time.perf_counter_ns()) / 1e9) > 0:
+                await asyncio.sleep(delay)
+        sender = Sender(session, target, job.plan, origin_ns, done)
+        load = asyncio.create_task(shape.drive(sender, share.work if feed is None else feed, stop, share.users))
+        stop.on_request(load.cancel)
+
+        async def control() -> None:
+            while True:
+                message = await channel.read(reader)
+                if message is None or message[0] == "stop":
+                    stop.request()
+                    return
+                if message[0] == "specs":
+                    feed.add(message[1])
+                elif message[0] == "end":
+                    feed.end()
+
+        listener = asyncio.create_task(control())
+        try:
+            await load
+        except asyncio.CancelledError:
+            pass
+        listener.cancel()
+        writer.write(channel.frame(("done", time.process_time() - cpu0, time.perf_counter() - wall0)))
+        await writer.drain()
+    writer.close()
+
+
+def main(argv: list[str]) -> int:
+    # Ctrl-C reaches the whole process group: the parent decides, and tells the workers to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from backends import eventloop
+
+    try:
+        eventloop.run(_work(int(argv[0])))
+    except (ConnectionError, BrokenPipeError):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,45 @@
+"""run.json: everything needed to reproduce and explain a run, built once per run and rewritten as its status
+changes (running, then finished / interrupted / stopped_early, or failed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loadgen.rundir import environment, utc_now, write_json
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [repr(error)])[0]
+
+
+class RunJson:
+    def __init__(self, run_dir: Path, info: dict):
+        self.path = run_dir / "run.json"
+        self.info = {"status": "running", "started_at": utc_now(), "environment": environment(), **info}
+        write_json(self.path, self.info)
+
+    def failed(self, error: BaseException) -> None:
+        self.info.update(status="failed", finished_at=utc_now(), error=_first_line(error))
+        write_json(self.path, self.info)
+
+    def finished(self, outcome, workload) -> None:
+        """outcome: the LoadOutcome. The workload is described again: its counts (clipped prompts, reused dataset
+        records) grow as its prompts are made."""
+        status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
+        self.info.update(status=status, finished_at=utc_now(), stopped_early=outcome.stopped_early,
+                         origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s, workload=workload.describe())
+        write_json(self.path, self.info)
+
+
+def record_failed_start(run_dir: Path, scenario: str | None, error: BaseException) -> None:
+    """A run that failed before its first request still leaves a run.json saying what and why."""
+    if (run_dir / "run.json").exists():
+        return
+    write_json(run_dir / "run.json", {
+        "status": "failed",
+        "finished_at": utc_now(),
+        "error": _first_line(error),
+        "environment": environment(),
+        "scenario": scenario,
+        "server_log": str(run_dir / "server.log") if (run_dir / "server.log").exists() else None,
+    })

@@ -1,0 +1,96 @@
+"""A closed-loop run stops on Ctrl-C, SIGTERM and a crossed error limit, in one process and over --workers 2.
+
+Each run asks for far more requests than it could send before the test's timeout, so a run that does not stop
+fails by timing out; the measured stop delay is printed (pytest -s), never asserted: the machine may be busy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+ASKED = 100_000
+TIMEOUT_S = 60
+
+
+def _records(run: Path) -> list[dict]:
+    path = run / "requests.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _start(out: Path, url: str, workers: int, *extra: str) -> subprocess.Popen:
+    # Its own session, so that a run that does not stop can be killed with all its worker processes.
+    return subprocess.Popen([sys.executable, "-m", "loadgen", "run", "--url", url, "--concurrency", "8",
+                             "--num-requests", str(ASKED), "--input-len", "16", "--output-len", "8",
+                             "--workers", str(workers), "--output", str(out), "--quiet", *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait(proc: subprocess.Popen) -> str:
+    try:
+        return proc.communicate(timeout=TIMEOUT_S)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the closed-loop run did not stop within {TIMEOUT_S} s")
+
+
+def _check_written(out: Path, status: str) -> list[dict]:
+    records = _records(out)
+    assert 0 < len(records) < ASKED
+    assert len({r["index"] for r in records}) == len(records)  # no request sent twice
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"]["total"] == len(records)
+    assert json.loads((out / "run.json").read_text())["status"] == status
+    return records
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_closed_loop_stops_on_a_signal(tmp_path, start_sim, workers, sig):
+    sim = start_sim("--fixed-ttft", "5ms", "--fixed-itl", "5ms")
+    out = tmp_path / "r"
+    proc = _start(out, sim.url, workers)
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(_records(out)) < 20 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(sig)
+    sent = time.monotonic()
+    stderr = _wait(proc)
+    print(f"\nstop delay ({sig.name}, workers={workers}): {time.monotonic() - sent:.2f} s (measured, not asserted)")
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    records = _check_written(out, "interrupted")
+    assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+    assert set(Counter(r["status"] for r in records)) <= {"ok", "cancelled"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("limit", [("--max-errors", "5"), ("--max-error-rate", "0.2")],
+                         ids=["max-errors", "max-error-rate"])
+def test_closed_loop_stops_at_an_error_limit(tmp_path, start_fault_server, workers, limit):
+    server = start_fault_server("--mix", "ok:1,http500:1", "--tokens", "4")
+    out = tmp_path / "r"
+    proc = _start(out, server.url, workers, *limit)
+    stderr = _wait(proc)
+    exited_ns = time.perf_counter_ns()  # CLOCK_MONOTONIC, the clock of the run's records
+    assert proc.returncode == 1 and "stopped early" in stderr and limit[0] in stderr, stderr
+    records = _check_written(out, "stopped_early")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_early"] and limit[0] in summary["stopped_early"]
+    # The record that crossed the limit is the last failure the limit counted; after it the run only winds down.
+    origin = json.loads((out / "run.json").read_text())["origin_perf_counter_ns"]
+    crossing = max(r["finished_s"] for r in records if r["status"].startswith("error"))
+    print(f"\nstop delay ({limit[0]}, workers={workers}): at most {(exited_ns - origin) / 1e9 - crossing:.2f} s "
+          f"from the last failure to the process's exit (measured, not asserted)")
