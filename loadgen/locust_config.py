@@ -6,6 +6,7 @@ needs no gevent."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from loadgen.config import RUN_SECTIONS, RunConfig, WorkloadConfig, build_run_config, given, load_scenario
 from loadgen.config.commands import LOCUSTFILE_FIELDS
@@ -25,6 +26,7 @@ def add_locust_options(parser) -> None:
                                                             "the --loadgen-* options override")
     g.add_argument("--loadgen-backend", default=None,
                    help="the server's framework (vllm: usage in every chunk, so empty-text tokens count)")
+    g.add_argument("--loadgen-scenario-name", default=None, help=argparse.SUPPRESS)  # `loadgen locust --scenario`
     g.add_argument("--loadgen-run-dir", default="", help="write requests.jsonl and summary.json here")
     g.add_argument("--loadgen-simulated", action="store_true", help=argparse.SUPPRESS)
 
@@ -36,7 +38,10 @@ def run_config(environment) -> RunConfig:
         scenario = load_scenario(o.loadgen_scenario) if o.loadgen_scenario else None
         flags = {k: v for k, v in given(o).items() if k.split(".", 1)[0] in LOCUSTFILE_FIELDS}
         host = environment.host or o.host
-        environment.loadgen_config = build_run_config({**flags, "target.url": host} if host else flags, scenario)
+        config = build_run_config({**flags, "target.url": host} if host else flags, scenario)
+        if o.loadgen_scenario_name:  # the options were resolved from this scenario by `loadgen locust`
+            config = replace(config, scenario_name=o.loadgen_scenario_name)
+        environment.loadgen_config = config
     return environment.loadgen_config
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import signal
 import subprocess
@@ -42,11 +43,10 @@ def cmd_locust(args: argparse.Namespace) -> int:
     if locust_config.print_locustfile:
         print(LOCUSTFILE)
         return 0
-    try:
-        import locust  # noqa: F401
-    except ImportError:
-        raise LoadgenError("`loadgen locust` needs Locust: pip install -e '.[locust]' (or pip install locust)") from None
     config = run_config(args)
+    # found, not imported: importing Locust here would monkey-patch this process with gevent for nothing
+    if importlib.util.find_spec("locust") is None:
+        raise LoadgenError("`loadgen locust` needs Locust: pip install -e '.[locust]' (or pip install locust)")
     if locust_config.headless and not (config.load.concurrency and config.load.duration):
         raise LoadgenError("--headless needs --concurrency N and --duration (e.g. --concurrency 64 --duration 2m)")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -62,9 +62,10 @@ def cmd_locust(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with open_endpoint(config, prepared.sim, run_dir, prepared.headers) as ep:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, _run_locust, config, locust_config, ep.url, ep.model,
-                                              ep.max_context, ep.protocol_name, ep.simulated, run_dir)
+            # Locust runs in this (main) thread, where its signal forwarding can be installed; nothing else runs on
+            # the loop meanwhile: it only holds the endpoint open until Locust is done
+            return _run_locust(config, locust_config, ep.url, ep.model, ep.max_context, ep.protocol_name,
+                               ep.simulated, run_dir)
 
     code = asyncio.run(go())
     print(f"results: {run_dir}", file=sys.stderr)
@@ -84,6 +85,8 @@ def locustfile_argv(config: RunConfig, url: str, model: str | None, max_context:
         argv += ["--loadgen-backend", config.target.backend]
     if simulated:
         argv += ["--loadgen-simulated"]
+    if config.scenario_name:
+        argv += ["--loadgen-scenario-name", config.scenario_name]
     return argv
 
 
