@@ -19,6 +19,7 @@ from backends.registry import FRAMEWORKS
 from loadgen.cli.common import prepare, run_config
 from loadgen.config import RUN_SECTIONS, LocustConfig, RunConfig, add_arguments, given, to_flags
 from loadgen.config.commands import LOCUST_CLI_SKIP, LOCUSTFILE_FIELDS
+from loadgen.config.sources import build_section
 from loadgen.errors import LoadgenError
 from loadgen.launch import open_endpoint
 from loadgen.rundir import create_run_dir
@@ -39,7 +40,7 @@ def add_locust_parser(sub) -> None:
 
 def cmd_locust(args: argparse.Namespace) -> int:
     flags = given(args)
-    locust_config = LocustConfig(**{k.split(".", 1)[1]: v for k, v in flags.items() if k.startswith("locust.")})
+    locust_config = build_section(LocustConfig, "locust", flags)
     if locust_config.print_locustfile:
         print(LOCUSTFILE)
         return 0

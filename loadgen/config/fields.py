@@ -22,7 +22,6 @@ class Option:
     action: str | None = None  # "switch" (a flag without a value), "append" (repeatable)
     const: Any = True  # the value a switch flag sets
     metavar: str | None = None
-    aliases: tuple[str, ...] = ()  # old spellings, hidden from --help
 
 
 def option(default: Any, kind: Kind, help: str, **spec: Any) -> Any:

@@ -33,7 +33,6 @@ class Kind:
     read: Callable[[Any, str], Any]  # (raw or typed value, the flag that names it) -> typed value
     yaml_types: tuple[type, ...]
     show: Callable[[Any], str] = str
-    metavar: str | None = None
 
 
 def _number(cast: type, low: float, inclusive: bool, what: str) -> Callable[[Any, str], Any]:
@@ -166,7 +165,7 @@ def number_list(item: Kind) -> Kind:
             raise LoadgenError(f"{flag}: give a comma-separated list, e.g. 1,2,4,8")
         return tuple(item.read(v, flag) for v in values)
 
-    return Kind(read, (list,), lambda v: ",".join(item.show(x) for x in v), "LIST")
+    return Kind(read, (list,), lambda v: ",".join(item.show(x) for x in v))
 
 
 positive_float = Kind(_number(float, 0, False, "number"), _NUM, repr)
@@ -174,7 +173,7 @@ positive_int = Kind(_number(int, 0, False, "integer"), (int,))
 nonneg_int = Kind(_number(int, 0, True, "integer"), (int,))
 integer = Kind(_integer, (int,))
 fraction = Kind(_fraction, _NUM, repr)
-duration = Kind(_duration, (str, *_NUM), _show_seconds, "DURATION")
+duration = Kind(_duration, (str, *_NUM), _show_seconds)
 text = Kind(_text, (str,))
 switch = Kind(_switch, (bool,))
 distribution = Kind(_distribution, (str, int))

@@ -92,11 +92,6 @@ class TargetConfig(Section):
         if self.engine_path and self.docker:
             raise ConfigError("--engine-path adds to the local PYTHONPATH; it does not combine with --docker")
 
-    @property
-    def simulated_here(self) -> bool:
-        """The embedded sim is launched (an attached server may still turn out to be a sim: see launch.py)."""
-        return self.backend == "sim"
-
 
 @dataclass(frozen=True)
 class WorkloadConfig(Section):
@@ -193,7 +188,7 @@ class SloConfig(Section):
 class OutputConfig(Section):
     """Where results go and what is printed."""
 
-    dir: str | None = option(None, k.text, flag="--output", aliases=("--out",),
+    dir: str | None = option(None, k.text, flag="--output",
                              help="run directory (default results/<time>-<backend>-<model>)")
     json: bool = option(False, k.switch, action="switch", help="print the summary as JSON to stdout")
     quiet: bool = option(False, k.switch, action="switch", help="no progress bar and no table")

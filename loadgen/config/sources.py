@@ -64,10 +64,10 @@ def add_flag(group, dest: str, name: str, spec: Option, aliases: tuple[str, ...]
         group.add_argument(alias, help=argparse.SUPPRESS, **kw)
 
 
-def given(args: argparse.Namespace | Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def given(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
     """The "section.field" values the user typed (argparse leaves the others None)."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and "." in k and v is not None}
+    return {k: v for k, v in values.items() if "." in k and v is not None}
 
 
 def _from_file(scenario: Scenario | None, sections: tuple[str, ...]) -> dict[str, Any]:
@@ -80,7 +80,8 @@ def _from_file(scenario: Scenario | None, sections: tuple[str, ...]) -> dict[str
     return out
 
 
-def _section(cls: type[Section], section_name: str, values: Mapping[str, Any]) -> Section:
+def build_section(cls: type[Section], section_name: str, values: Mapping[str, Any]) -> Section:
+    """One section from the "section.field" values of its own name (the others are ignored)."""
     own = {key.split(".", 1)[1]: v for key, v in values.items() if key.split(".", 1)[0] == section_name}
     return cls(**own)
 
@@ -106,7 +107,7 @@ def build_run_config(flags: Mapping[str, Any], scenario: Scenario | None = None)
         elif "load.qps" in file:
             file.pop("load.concurrency", None)
     values = {**file, **{k: v for k, v in flags.items() if k.split(".", 1)[0] in RUN_SECTIONS}}
-    sections = {name: _section(cls, name, values) for name, cls in RUN_SECTIONS.items()}
+    sections = {name: build_section(cls, name, values) for name, cls in RUN_SECTIONS.items()}
     return RunConfig(**sections, scenario_name=scenario.name if scenario else None)
 
 
@@ -115,7 +116,7 @@ def build_sweep_config(flags: Mapping[str, Any], scenario: Scenario | None = Non
     own = {k: v for k, v in flags.items() if k.startswith("sweep.")}
     if not {"sweep.qps", "sweep.concurrency", "sweep.until_slo"} & own.keys():
         own = {**_from_file(scenario, ("sweep",)), **own}
-    return _section(SweepConfig, "sweep", own)  # type: ignore[return-value]
+    return build_section(SweepConfig, "sweep", own)  # type: ignore[return-value]
 
 
 def to_flags(section: Section, names: tuple[str, ...], prefix: str = "--") -> list[str]:
