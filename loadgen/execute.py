@@ -7,7 +7,6 @@ listeners those ask for (`listeners_for`: record file, progress, telemetry, sim 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 from backends.registry import protocol_for
 from loadgen import run_json
 from loadgen.client import Target
+from loadgen.config import RunConfig
 from loadgen.launch import Endpoint
 from loadgen.listeners.files import CsvFiles, RecordFile, SummaryFile
 from loadgen.listeners.progress import ProgressBar
@@ -29,14 +29,13 @@ from loadgen.load.processes import ProcessRunner, choose_workers, client_summary
 from loadgen.metrics import client_cpu_warning, summarize
 from loadgen.records import read_records
 from loadgen.run_events import RunEvents, RunResult
-from loadgen.slo import parse_slo
 
 
 @dataclass(frozen=True)
 class PointSettings:
     """What a point takes from the run's options."""
 
-    slo: str | None  # e.g. "ttft:500ms,tpot:50ms"
+    slo: dict[str, float] | None  # metric -> limit in ms, remembering the text it was read from
     ignore_eos: bool
     workers: int | str  # a count or "auto"
     tokenizer: str | None  # for the worker processes, which load it themselves
@@ -50,12 +49,15 @@ class PointSettings:
     gpus: int | None
 
 
-def point_settings(opts: argparse.Namespace) -> PointSettings:
-    """The one place a point reads the run's options."""
-    return PointSettings(slo=opts.slo, ignore_eos=opts.ignore_eos, workers=opts.workers, tokenizer=opts.tokenizer,
-                         quiet=bool(opts.quiet), csv=bool(opts.csv), gpu_telemetry=bool(opts.gpu_telemetry),
-                         gpu_sample_interval=opts.gpu_sample_interval, scrape_interval=opts.scrape_interval,
-                         scenario=opts.scenario_name, gpu=opts.gpu, gpus=opts.gpus)
+def point_settings(config: RunConfig) -> PointSettings:
+    """The one place a point reads the run's configuration."""
+    return PointSettings(slo=config.slo.limits_ms or None, ignore_eos=config.target.ignore_eos,
+                         workers=config.load.workers, tokenizer=config.workload.tokenizer,
+                         quiet=config.output.quiet, csv=config.output.csv,
+                         gpu_telemetry=config.telemetry.gpu_sampling,
+                         gpu_sample_interval=config.telemetry.gpu_sample_interval,
+                         scrape_interval=config.telemetry.scrape_interval, scenario=config.scenario_name,
+                         gpu=config.target.gpu, gpus=config.target.gpus)
 
 
 def listeners_for(settings: PointSettings, endpoint: Endpoint, run_dir: Path, headers: dict[str, str], workload,
@@ -116,12 +118,12 @@ def _summary(records, slo: dict | None, endpoint: Endpoint, workload, outcome: L
     return summary
 
 
-async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan, workload, run_dir: Path,
+async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workload, run_dir: Path,
                     headers: dict[str, str], count_tokens=None, label: str = "") -> tuple[dict, bool]:
     """(summary, interrupted). Records are on disk the moment each request ends; Ctrl-C stops the point.
     Nothing per request is held in memory during the run: the summary is computed from requests.jsonl."""
-    settings = point_settings(opts)
-    slo = parse_slo(settings.slo) if settings.slo else None
+    settings = point_settings(config)
+    slo = settings.slo
     protocol = protocol_for(endpoint.protocol_name, settings.ignore_eos, endpoint.info.get("name"))
     target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
     workers = choose_workers(settings.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
@@ -155,9 +157,9 @@ async def run_point(endpoint: Endpoint, opts: argparse.Namespace, plan: LoadPlan
     return summary, outcome.interrupted
 
 
-def record_failed_start(run_dir: Path, opts: argparse.Namespace, error: BaseException) -> None:
+def record_failed_start(run_dir: Path, config: RunConfig, error: BaseException) -> None:
     """A run that failed before its first request still leaves a run.json saying what and why."""
-    run_json.record_failed_start(run_dir, point_settings(opts).scenario, error)
+    run_json.record_failed_start(run_dir, config.scenario_name, error)
 
 
 def _install_stop_handlers(load_task: asyncio.Task, kill_server):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shlex
@@ -19,6 +18,7 @@ from backends.process import ServerProcess, find_free_port, port_in_use
 from backends.registry import FRAMEWORKS, adapter
 from backends.sim import command as sim_backend
 from backends.sim.config import SimConfig
+from loadgen.config import RunConfig, TargetConfig
 from loadgen.errors import LoadgenError
 from scenarios.catalog import CatalogError, get_model
 
@@ -40,41 +40,15 @@ class Endpoint:
             self.server.kill_now()
 
 
-def check_url(url: str) -> str:
-    if not (url.startswith("http://") or url.startswith("https://")):
-        raise LoadgenError(f"--url {url!r} needs a scheme: write http://{url} (or https://)")
-    return url.rstrip("/")
-
-
-def backend_name(opts: argparse.Namespace) -> str:
-    if opts.url and opts.backend == "sim":
-        raise LoadgenError("--backend sim starts its own server; drop --url, or use --backend openai with --url")
-    if opts.backend == "openai" and not opts.url:
-        raise LoadgenError("--backend openai needs --url of a running server, e.g. --url http://127.0.0.1:8000")
-    if opts.url:
-        check_url(opts.url)
-        if opts.profile:
-            raise LoadgenError("--profile sets the simulated engine's costs; it does not apply to --url")
-        return opts.backend if opts.backend in FRAMEWORKS else "openai"
-    return opts.backend or "sim"
-
-
-def launch_spec(opts: argparse.Namespace, backend: str, port: int | None = None) -> LaunchSpec:
-    """The framework's launch command for these options (for --dry-run, launching, and attaching)."""
-    if not opts.model and not opts.url:
-        raise LoadgenError(f"--backend {backend} needs --model: a catalog model (7b, 13b, 70b, 8b), an HF id or a "
-                           "local model directory")
-    if getattr(opts, "engine_cmd", None) and opts.docker:
-        raise LoadgenError("--engine-cmd replaces the local executable; it does not combine with --docker")
-    req = LaunchRequest(model=opts.model or os.sep, gpus=opts.gpus, tp=opts.tp, host="127.0.0.1",
-                        port=port or opts.port or 8000, engine_args=tuple(opts.engine_arg or ()),
-                        engine_cmd=tuple(shlex.split(opts.engine_cmd)) if opts.engine_cmd else (),
-                        docker=bool(opts.docker), max_model_len=opts.max_context)
-    spec = adapter(backend)(req)
-    paths = getattr(opts, "engine_path", None)
+def launch_spec(target: TargetConfig, max_context: int | None, port: int | None = None) -> LaunchSpec:
+    """The framework's launch command for this target (for --dry-run, launching, and attaching)."""
+    req = LaunchRequest(model=target.model or os.sep, gpus=target.gpus, tp=target.tp, host="127.0.0.1",
+                        port=port or target.port or 8000, engine_args=target.engine_arg,
+                        engine_cmd=tuple(shlex.split(target.engine_cmd)) if target.engine_cmd else (),
+                        docker=target.docker, max_model_len=max_context)
+    spec = adapter(target.backend)(req)
+    paths = target.engine_path
     if paths:
-        if opts.docker:
-            raise LoadgenError("--engine-path adds to the local PYTHONPATH; it does not combine with --docker")
         missing = [p for p in paths if not os.path.isdir(os.path.expanduser(p))]
         if missing:
             raise LoadgenError(f"--engine-path {missing[0]} is not a directory; give the folder the engine's wheels "
@@ -90,16 +64,19 @@ def launch_spec(opts: argparse.Namespace, backend: str, port: int | None = None)
     return spec
 
 
-def endpoint_name(opts: argparse.Namespace, backend: str, spec: LaunchSpec | None) -> str:
-    name = opts.endpoint or (spec.default_endpoint if spec else "completions")
+def endpoint_name(target: TargetConfig, spec: LaunchSpec | None) -> str:
+    name = target.endpoint or (spec.default_endpoint if spec else "completions")
     if spec is not None and name not in spec.endpoints:
-        raise LoadgenError(f"{backend} speaks {', '.join(spec.endpoints)}, not --endpoint {name}")
+        raise LoadgenError(f"{target.backend} speaks {', '.join(spec.endpoints)}, not --endpoint {name}")
     return name
 
 
-def sim_config(opts: argparse.Namespace) -> SimConfig:
-    """Resolve and check the sim's model and GPUs before anything starts (a model that does not fit is a user error)."""
-    return sim_backend.build_config(opts.model or "7b", opts.gpu, opts.gpus, profile=opts.profile)
+def sim_config(target: TargetConfig) -> SimConfig | None:
+    """The sim's model and GPUs, resolved and checked before anything starts (a model that does not fit is a user
+    error); None when the target is not the embedded sim."""
+    if target.backend != "sim":
+        return None
+    return sim_backend.build_config(target.model or "7b", target.gpu, target.gpus, profile=target.profile)
 
 
 async def get_json(url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> dict | None:
@@ -161,11 +138,13 @@ async def _server_version(url: str, spec: LaunchSpec, launched: bool = True) -> 
 
 
 @asynccontextmanager
-async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_dir: Path,
+async def open_endpoint(run: RunConfig, config: SimConfig | None, log_dir: Path,
                         headers: dict[str, str]) -> AsyncIterator[Endpoint]:
+    """The target of `run`, launched (and always stopped) or attached; `config` is sim_config(run.target)."""
     server: ServerProcess | None = None
+    target = run.target
     try:
-        backend = backend_name(opts)
+        backend = target.backend
         info: dict = {"name": backend, "simulated": config is not None}
         spec: LaunchSpec | None = None
         if config is not None:
@@ -176,19 +155,19 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
             argv = sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1", port,
                                            config.profile.path if config.profile else None)
             server = ServerProcess(argv, log_dir / "server.log", url + "/health",
-                                   startup_timeout=opts.startup_timeout or 120.0, name="simulated engine")
+                                   startup_timeout=target.startup_timeout or 120.0, name="simulated engine")
             server.start()
             await server.wait_ready()
             info.update(launch_command=argv, ready_after_s=server.ready_after_s, log=str(log_dir / "server.log"),
                         pid=server.proc.pid if server.proc else None, sim=await get_json(url + "/sim/info"))
-        elif backend in FRAMEWORKS and not opts.url:
-            if opts.port and port_in_use("127.0.0.1", opts.port):
-                raise LoadgenError(f"port {opts.port} on 127.0.0.1 is already in use; choose another --port or stop "
+        elif backend in FRAMEWORKS and not target.url:
+            if target.port and port_in_use("127.0.0.1", target.port):
+                raise LoadgenError(f"port {target.port} on 127.0.0.1 is already in use; choose another --port or stop "
                                    "what holds it")
-            spec = launch_spec(opts, backend, opts.port or find_free_port())
+            spec = launch_spec(target, run.workload.max_context, target.port or find_free_port())
             url = spec.url
             server = ServerProcess(spec.argv, log_dir / "server.log", url + spec.ready_path, env=spec.env,
-                                   startup_timeout=opts.startup_timeout or 1800.0, name=backend)
+                                   startup_timeout=target.startup_timeout or 1800.0, name=backend)
             server.start()
             await server.wait_ready()
             info.update(launch_command=spec.argv, launch_env=spec.env, ready_after_s=server.ready_after_s,
@@ -196,9 +175,9 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
                         log=str(log_dir / "server.log"), docker_image=spec.docker_image, weights=spec.weights,
                         version=await _server_version(url, spec))
         else:
-            url = check_url(opts.url)
+            url = target.url
             if backend in FRAMEWORKS:
-                spec = launch_spec(opts, backend)
+                spec = launch_spec(target, run.workload.max_context)
                 info["version"] = await _server_version(url, spec, launched=False)
         info["url"] = url
         simulated = config is not None
@@ -208,13 +187,13 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
                 simulated = True
                 info.update(simulated=True, sim=sim, detected="the server answers /sim/info as dissect's "
                                                               "simulated engine")
-        protocol_name = endpoint_name(opts, backend, spec)
+        protocol_name = endpoint_name(target, spec)
         info["endpoint"] = protocol_name
         listed = ((await _probe(url, headers, required=spec is None)) or {}).get("data") or []
-        model = opts.model if config is None else config.model.name
+        model = target.model if config is None else config.model.name
         if spec is not None and listed:
             model = listed[0]["id"]  # what the framework serves the model as
-        elif spec is not None and not opts.url:
+        elif spec is not None and not target.url:
             model = spec.model
         if model is None:
             if not listed:
@@ -223,14 +202,14 @@ async def open_endpoint(opts: argparse.Namespace, config: SimConfig | None, log_
         max_context = config.model.max_context if config is not None else None
         if max_context is None:
             try:
-                max_context = get_model(opts.model).max_context if opts.model else None
+                max_context = get_model(target.model).max_context if target.model else None
             except CatalogError:
                 max_context = None
             if max_context is None:
                 served = next((m for m in listed if m.get("id") == model), {})
                 max_context = served.get("max_model_len") or 4096
-        if opts.max_context:
-            max_context = min(opts.max_context, max_context)
+        if run.workload.max_context:
+            max_context = min(run.workload.max_context, max_context)
         metrics = url + spec.metrics_path if spec is not None and spec.metrics_path else None
         if config is not None:
             metrics = url + "/metrics"

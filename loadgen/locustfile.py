@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import urllib.request
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import gevent
@@ -31,16 +31,18 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from backends.registry import protocol_for
 from loadgen.client import Target, make_session, send_request
-from loadgen.distributions import LengthDistribution
+from loadgen.config.assemble import build_workload
+from loadgen.locust_config import add_locust_options, describe_workload, prompt_source, run_config
 from loadgen.metrics import itl_ms, summarize, tpot_ms, ttft_ms
+from loadgen.prompts import HFTokenizer
 from loadgen.records import RecordWriter, RequestRecord, read_records
 from loadgen.report import SIM_BANNER
 from loadgen.rundir import environment as host_environment  # `environment` is Locust's, below
 from loadgen.rundir import utc_now, write_json
-from loadgen.workload import Workload
 
 RECORDS_MESSAGE = "loadgen_records"
 log = logging.getLogger("loadgen.locust")
+DEFAULT_MAX_CONTEXT = 4096  # what a plain `locust -f` run clips to without --loadgen-max-context
 CANCEL_WAIT_S = 5.0  # a cancelled request returns its record at once; this only bounds a wedged one
 
 
@@ -50,19 +52,7 @@ class RequestFailed(Exception):
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    g = parser.add_argument_group("loadgen")
-    g.add_argument("--loadgen-model", default=None, help="model id to request (default: the first /v1/models lists)")
-    g.add_argument("--loadgen-endpoint", choices=["completions", "chat", "tgi", "lightllm", "triton"],
-                   default="completions", help="protocol")
-    g.add_argument("--loadgen-backend", default=None,
-                   help="the server's framework (vllm: usage in every chunk, so empty-text tokens count)")
-    g.add_argument("--loadgen-input-len", default="512", help="prompt tokens (loadgen distribution forms)")
-    g.add_argument("--loadgen-output-len", default="128", help="output tokens (loadgen distribution forms)")
-    g.add_argument("--loadgen-max-context", type=int, default=4096)
-    g.add_argument("--loadgen-seed", type=int, default=0)
-    g.add_argument("--loadgen-timeout", type=float, default=600.0, help="per-request limit in seconds")
-    g.add_argument("--loadgen-run-dir", default="", help="write requests.jsonl and summary.json here")
-    g.add_argument("--loadgen-simulated", action="store_true", help=__import__("argparse").SUPPRESS)
+    add_locust_options(parser)
 
 
 class AsyncBridge:
@@ -135,16 +125,19 @@ class State:
 
     def __init__(self, environment) -> None:
         o = environment.parsed_options
+        config = run_config(environment)
         runner = environment.runner
         self.worker = getattr(runner, "worker_index", 0) if isinstance(runner, WorkerRunner) else 0
         self.bridge = AsyncBridge()
-        self.workload = Workload(LengthDistribution.parse(o.loadgen_input_len, "--loadgen-input-len"),
-                                 LengthDistribution.parse(o.loadgen_output_len, "--loadgen-output-len"),
-                                 o.loadgen_max_context, seed=o.loadgen_seed + 1000 * self.worker)
+        tokenizer = HFTokenizer(config.workload.tokenizer) if config.workload.tokenizer else None
+        mine = replace(config, workload=replace(config.workload, seed=config.workload.seed + 1000 * self.worker))
+        self.workload = build_workload(mine, config.workload.max_context or DEFAULT_MAX_CONTEXT, tokenizer)
         self.specs = self.workload.specs()
-        self.model = o.loadgen_model
-        self.protocol = protocol_for(o.loadgen_endpoint, backend=o.loadgen_backend)
-        self.timeout = o.loadgen_timeout
+        self.model = config.target.model
+        self.protocol = protocol_for(config.target.endpoint or "completions", config.target.ignore_eos,
+                                     backend=o.loadgen_backend)
+        self.timeout = config.load.timeout
+        self.count_tokens = tokenizer.count if tokenizer else None
         key = os.environ.get("OPENAI_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.pending: list[dict] = []
@@ -187,7 +180,7 @@ class LLMUser(User):
     def generate(self) -> None:
         st = self.state
         spec = next(st.specs)
-        target = Target(self.host, st.model, st.protocol, st.headers)
+        target = Target(self.host, st.model, st.protocol, st.headers, st.count_tokens)
         try:
             record = st.bridge.run(send_request(st.bridge.session, target, spec, st.bridge.origin_ns, "measured",
                                                 None, st.timeout))
@@ -359,6 +352,7 @@ def _finish(environment) -> None:
     writer.close()
     environment.loadgen_writer = None  # a record arriving after this (a worker's late batch) is not written
     o = environment.parsed_options
+    config = run_config(environment)
     run_dir = Path(o.loadgen_run_dir)
     records = read_records(run_dir / "requests.jsonl")
     if records:  # onto the run's own timeline: the earliest send is t = 0
@@ -368,16 +362,17 @@ def _finish(environment) -> None:
             r.finished_s -= t0
             if r.first_token_s is not None:
                 r.first_token_s -= t0
-    summary = summarize(records, None, simulated=simulated)
-    summary["prompt_source"] = "approximation: one common English word per token (no tokenizer given)"
+    summary = summarize(records, config.slo.limits_ms, simulated=simulated)
+    state = getattr(environment, "loadgen_state", None)  # a master of workers has no users, hence no state
+    summary["prompt_source"] = state.workload.prompt_source if state else prompt_source(config)
     summary["load_generator"] = "locust"
     write_json(run_dir / "summary.json", summary)
     write_json(run_dir / "run.json", {
         "status": "finished", "finished_at": utc_now(), "environment": host_environment(),
         "backend": {"name": "locust", "url": o.host, "simulated": simulated},
-        "model": o.loadgen_model, "endpoint": o.loadgen_endpoint,
-        "workload": {"source": "synthetic", "input_len": str(LengthDistribution.parse(o.loadgen_input_len)),
-                     "output_len": str(LengthDistribution.parse(o.loadgen_output_len)), "seed": o.loadgen_seed},
+        "model": config.target.model, "endpoint": config.target.endpoint or "completions",
+        "scenario": config.scenario_name, "workload": describe_workload(config.workload), "slo_ms": config.slo.limits_ms,
         "load": {"mode": "closed", "generator": "locust", "users": o.num_users, "spawn_rate": o.spawn_rate,
                  "run_time": o.run_time},
     })
+

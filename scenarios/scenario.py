@@ -1,7 +1,8 @@
 """Scenario files: a named, versioned workload (model, lengths or dataset, arrival, load points, SLOs).
 
-This loader checks structure and types and names the field at fault; the load generator checks the values
-(distribution strings, durations) when it applies them, and names the field too.
+This loader reads the YAML and checks its structure and types against a schema it is given (field -> type or
+types; a section -> a dict of its own fields), naming the field at fault. The schema of a run's fields comes from
+loadgen's RunConfig (`loadgen.config.scenario_schema`), which also checks the values.
 """
 
 from __future__ import annotations
@@ -17,44 +18,10 @@ from scenarios.catalog import CatalogError
 SCENARIO_DIR = Path(__file__).parent
 DATA_DIR = SCENARIO_DIR / "data"
 
-_NUM = (int, float)
-# field -> type(s); nested sections are dicts of their own fields
-SCHEMA: dict[str, Any] = {
-    "name": str,
-    "version": int,
-    "description": str,
-    "model": str,
-    "gpu": str,
-    "gpus": int,
-    "endpoint": str,
-    "num_requests": int,
-    "duration": (str, *_NUM),
-    "warmup": int,
-    "slo": str,
-    "workload": {
-        "input_len": (str, int),
-        "output_len": (str, int),
-        "dataset": str,
-        "dataset_format": str,
-        "multi_turn": bool,
-        "prefix_groups": int,
-        "prefix_len": int,
-        "turns": int,
-    },
-    "arrival": {
-        "kind": str,
-        "qps": _NUM,
-        "burstiness": _NUM,
-        "concurrency": int,
-        "time_scale": _NUM,
-    },
-    "load_points": {
-        "qps": list,
-        "concurrency": list,
-    },
-}
-REQUIRED = ("name", "version", "description")
-ARRIVAL_KINDS = ("poisson", "gamma", "constant", "trace", "closed")
+# The fields every scenario file has; what else it may hold (and each field's type) is the run configuration's to
+# say: loadgen derives that schema from its RunConfig and passes it to load_scenario.
+HEADER: dict[str, Any] = {"name": str, "version": int, "description": str}
+REQUIRED = tuple(HEADER)
 
 
 @dataclass(frozen=True)
@@ -115,7 +82,8 @@ def _validate(where: str, data: Any, schema: dict[str, Any], prefix: str = "") -
             raise CatalogError(f"{where}: field '{field}' must not be negative, got {value!r}")
 
 
-def load_scenario(name_or_path: str) -> Scenario:
+def load_scenario(name_or_path: str, schema: dict[str, Any] | None = None) -> Scenario:
+    """The scenario of that name (or file), checked against HEADER plus `schema`."""
     p = Path(name_or_path)
     if not (p.suffix in (".yaml", ".yml") or p.exists()):
         p = SCENARIO_DIR / f"{name_or_path}.yaml"
@@ -129,21 +97,13 @@ def load_scenario(name_or_path: str) -> Scenario:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise CatalogError(f"{p}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    _validate(str(p), data, SCHEMA)
+    _validate(str(p), data, {**HEADER, **(schema or {})})
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise CatalogError(f"{p}: missing field(s) {', '.join(missing)}")
-    kind = (data.get("arrival") or {}).get("kind")
-    if kind is not None and kind not in ARRIVAL_KINDS:
-        raise CatalogError(f"{p}: field 'arrival.kind' must be one of {', '.join(ARRIVAL_KINDS)}, got {kind!r}")
-    points = data.get("load_points") or {}
-    if len(points) > 1:
-        raise CatalogError(f"{p}: 'load_points' takes qps or concurrency, not both")
-    for key, values in points.items():
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
-            raise CatalogError(f"{p}: field 'load_points.{key}' must be a non-empty list of positive numbers")
     return Scenario(p, data)
 
 
-def list_scenarios() -> list[Scenario]:
-    return [load_scenario(str(p)) for p in sorted(SCENARIO_DIR.glob("*.yaml"))]
+def scenario_files() -> list[Path]:
+    """The shipped scenario files, by name."""
+    return sorted(SCENARIO_DIR.glob("*.yaml"))

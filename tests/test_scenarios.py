@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import run_loadgen
+from loadgen.config import list_scenarios, load_scenario
 from loadgen.datasets import load_dataset, trace_offsets
 from loadgen.sweep import find_max_rate
 from scenarios.catalog import CatalogError
-from scenarios.scenario import DATA_DIR, list_scenarios, load_scenario
+from scenarios.scenario import DATA_DIR
 
 SHIPPED = {"chat", "summarize", "codegen", "prefix-heavy", "paper-7b", "paper-13b", "paper-70b"}
 

@@ -1,0 +1,52 @@
+"""`loadgen`: command-line entry point. User mistakes print one line naming the fix and exit 2.
+
+Each command lives in its own module: run.py, sweep.py, locust.py, tools.py (reports, compare, the catalog and
+the other utilities); common.py holds what run, sweep and locust share."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from loadgen.cli.common import USER_ERRORS
+from loadgen.rundir import TOOL_VERSION
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> Parser:
+    from loadgen.cli import locust, run, sweep, tools
+
+    parser = Parser(prog="loadgen", description="Load-test LLM serving: TTFT, TPOT, ITL, E2EL, throughput, goodput.")
+    parser.add_argument("--version", action="version", version=f"loadgen (dissect) {TOOL_VERSION}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    run.add_run_parser(sub)
+    sweep.add_sweep_parser(sub)
+    tools.add_report_parsers(sub)
+    locust.add_locust_parser(sub)
+    tools.add_utility_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "output_required", False) and not args.output:
+        parser.exit(2, f"loadgen {args.command}: error: --output DIR is required (see 'loadgen {args.command} --help')\n")
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"loadgen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("loadgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
