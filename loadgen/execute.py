@@ -132,17 +132,27 @@ async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workl
     for listener in listeners_for(settings, endpoint, run_dir, headers, workload, plan, label):
         events.subscribe(listener)
     outcome = None
-    try:
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+
+    async def start_and_run() -> LoadOutcome:
         await events.started.fire_and_wait()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
         runner = (ProcessRunner(target, workload, plan, events, workers, settings.tokenizer) if workers > 1
                   else LocalRunner(target, workload, plan, events))
-        load_task = asyncio.create_task(runner.run())
-        remove = _install_stop_handlers(load_task, endpoint.kill)
+        return await runner.run()
+
+    try:
+        # The stop handlers cover the listeners' start and the runner's (worker processes take seconds to start)
+        # as well as the load: a Ctrl-C there stops the point with nothing sent, not with a traceback.
+        point_task = asyncio.create_task(start_and_run())
+        stop = _StopHandlers(point_task, endpoint.kill)
         try:
-            outcome = await load_task
+            outcome = await point_task
+        except asyncio.CancelledError:
+            if not stop.requested:
+                raise
+            outcome = LoadOutcome(time.perf_counter_ns(), [], True, 0.0)  # stopped before the clock started
         finally:
-            remove()
+            stop.remove()
             client_cpu = (time.process_time() - cpu0, time.perf_counter() - wall0)
     except BaseException as exc:
         info.failed(exc)
@@ -162,24 +172,33 @@ def record_failed_start(run_dir: Path, config: RunConfig, error: BaseException) 
     run_json.record_failed_start(run_dir, config.scenario_name, error)
 
 
-def _install_stop_handlers(load_task: asyncio.Task, kill_server):
+class _StopHandlers:
     """First Ctrl-C/SIGTERM: cancel in-flight requests, keep and summarise what was measured. Second: kill the
     launched server's process group and exit at once (records already written stay on disk)."""
-    loop = asyncio.get_running_loop()
-    hits = 0
 
-    def stop() -> None:
-        nonlocal hits
-        hits += 1
-        if hits == 1:
+    def __init__(self, task: asyncio.Task, kill_server) -> None:
+        self.task, self.kill_server, self.hits = task, kill_server, 0
+        self.loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            self.loop.add_signal_handler(sig, self.stop)
+
+    @property
+    def requested(self) -> bool:
+        return self.hits > 0
+
+    def stop(self) -> None:
+        self.hits += 1
+        if self.hits == 1:
             print("\nstopping: cancelling in-flight requests and writing results (Ctrl-C again to force)",
                   file=sys.stderr)
-            load_task.cancel()
+            self.task.cancel()
         else:
-            kill_server()
+            self.kill_server()
             os._exit(130)
 
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop)
-    return lambda: [loop.remove_signal_handler(sig) for sig in signals]
+    def remove(self) -> None:
+        for sig in STOP_SIGNALS:
+            self.loop.remove_signal_handler(sig)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -94,3 +94,31 @@ def test_closed_loop_stops_at_an_error_limit(tmp_path, start_fault_server, worke
     crossing = max(r["finished_s"] for r in records if r["status"].startswith("error"))
     print(f"\nstop delay ({limit[0]}, workers={workers}): at most {(exited_ns - origin) / 1e9 - crossing:.2f} s "
           f"from the last failure to the process's exit (measured, not asserted)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_while_the_run_starts_stops_it_cleanly(tmp_path, start_sim, sig):
+    """requests.jsonl appears when the run's listeners start; worker processes then take a second or more to
+    start. A signal in that window used to cancel the run before its stop handlers were installed: a traceback,
+    exit 1, and a run.json that said the run failed."""
+    sim = start_sim("--fixed-ttft", "5ms", "--fixed-itl", "5ms")
+    out = tmp_path / "r"
+    proc = _start(out, sim.url, 2)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (out / "requests.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(sig)
+    stderr = _wait(proc)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["requests"]["total"] == len(_records(out)) < ASKED
+    deadline = time.monotonic() + 10
+    while _worker_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _worker_processes()
+
+
+def _worker_processes() -> bool:
+    return subprocess.run(["pgrep", "-f", "--", "-m loadgen.load.worker"], capture_output=True).returncode == 0
