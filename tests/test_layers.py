@@ -29,6 +29,8 @@ MAY_IMPORT = {
 ADAPTER_MODULES = (*sorted({launch.__module__ for launch in FRAMEWORKS.values()}), "backends.registry")
 # The virtual-time replay is the engine without HTTP: the live engine's thread, its server and its command stay out.
 REPLAY_MUST_NOT = ("backends.sim.server", "backends.sim.engine", "backends.sim.command", "aiohttp")
+REPLAY_MODULES = ("backends.sim.replay", "backends.sim.replay_common", "backends.sim.span_replay",
+                  "backends.sim.step_totals")
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -78,7 +80,7 @@ def violations(module: str, imported: list[tuple[int, str]]) -> list[str]:
             bad.append(f"{where}: {top} may import only {sorted(MAY_IMPORT[top]) or 'nothing'} of the packages")
         if _under(module, "backends.sim") and any(_under(name, m) for m in ADAPTER_MODULES):
             bad.append(f"{where}: the simulated engine imports no framework adapter")
-        if _under(module, "backends.sim.replay") and any(_under(name, m) for m in REPLAY_MUST_NOT):
+        if any(_under(module, m) for m in REPLAY_MODULES) and any(_under(name, m) for m in REPLAY_MUST_NOT):
             bad.append(f"{where}: the replay runs without HTTP or the live engine")
     return bad
 
