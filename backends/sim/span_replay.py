@@ -99,7 +99,6 @@ class _SpanReplay:
         self.free -= need
         budget = mbt - n_dec
         nseq, n1, k1, emits = n_dec, n_dec, self.c_sum + n_dec * T + n_dec, n_dec
-        ptok = ppairs = pkv = 0
         chunks: list[tuple[int, int]] = []  # (request, new tokens) of the prefill chunks, in plan order
         if pend >= 0:
             chunks.append((pend, npend))
@@ -119,18 +118,9 @@ class _SpanReplay:
             budget -= n
             if self.scheduled_at[i] is None:
                 self.scheduled_at[i] = now
-        for i, n in chunks:
-            ctx = self.kv[i]
-            nseq += 1
-            if n == 1:
-                n1 += 1
-                k1 += ctx + 1
-            else:
-                ptok += n
-                ppairs += n * ctx + n * (n + 1) // 2
-                pkv += ctx + n
-            if ctx + n == P[i] + gen[i]:
-                emits += 1
+        kv = self.kv
+        more_n1, more_k1, more_emits, ptok, ppairs, pkv = _chunk_sums([(i, n, kv[i]) for i, n in chunks], P, gen)
+        nseq, n1, k1, emits = nseq + len(chunks), n1 + more_n1, k1 + more_k1, emits + more_emits
         cost = self.totals.step(nseq, n1, k1, emits, ptok, ppairs, pkv)
         # complete: every decoder advanced one token
         self.T = T = T + 1
@@ -216,17 +206,8 @@ class _SpanReplay:
             if self.scheduled_at[i] is None:
                 self.scheduled_at[i] = now
         nseq, n1, emits = n_dec + len(chunks), n_dec, n_dec
-        ptok = ppairs = pkv = 0
-        for i, n, ctx in chunks:
-            if n == 1:
-                n1 += 1
-                k1 += ctx + 1
-            else:
-                ptok += n
-                ppairs += n * ctx + n * (n + 1) // 2
-                pkv += ctx + n
-            if ctx + n == P[i] + gen[i]:
-                emits += 1
+        more_n1, more_k1, more_emits, ptok, ppairs, pkv = _chunk_sums(chunks, P, gen)
+        n1, k1, emits = n1 + more_n1, k1 + more_k1, emits + more_emits
         cost = self.totals.step(nseq, n1, k1, emits, ptok, ppairs, pkv)
         self.T = T = T + 1
         for i in unscheduled:
@@ -368,3 +349,21 @@ class _SpanReplay:
                         next_index += 1
             in_flight = launched
         return done
+
+
+def _chunk_sums(chunks: list[tuple[int, int, int]], P: list[int], gen: list[int]) -> tuple[int, ...]:
+    """What the scheduled chunks (request, new tokens, tokens already cached) add to a step's totals: one-token
+    chunks, their attention pairs, chunks that emit a token, and the prefill tokens, pairs and KV tokens of the rest.
+    Whole numbers only, so the sums are exact in any order."""
+    n1 = k1 = emits = ptok = ppairs = pkv = 0
+    for i, n, ctx in chunks:
+        if n == 1:
+            n1 += 1
+            k1 += ctx + 1
+        else:
+            ptok += n
+            ppairs += n * ctx + n * (n + 1) // 2
+            pkv += ctx + n
+        if ctx + n == P[i] + gen[i]:
+            emits += 1
+    return n1, k1, emits, ptok, ppairs, pkv
