@@ -38,9 +38,9 @@ from backends.process import ServerProcess, find_free_port  # noqa: E402
 from backends.protocols.openai import OpenAIProtocol  # noqa: E402
 from loadgen.accuracy import timing_error  # noqa: E402
 from loadgen.client import Target  # noqa: E402
-from loadgen.distributions import LengthDistribution  # noqa: E402
 from loadgen.load import LoadPlan, run_load  # noqa: E402
-from loadgen.workload import Workload  # noqa: E402
+from loadgen.workload.distributions import LengthDistribution  # noqa: E402
+from loadgen.workload.specs import Workload  # noqa: E402
 
 WORKLOADS = {"mixed": ("uniform:128,384", "uniform:32,96"), "lockstep": ("256", "64")}
 

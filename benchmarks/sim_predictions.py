@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from backends.sim.config import build_config  # noqa: E402
 from backends.sim.replay import replay, summarize_replay  # noqa: E402
-from loadgen.distributions import LengthDistribution  # noqa: E402
+from loadgen.workload.distributions import LengthDistribution  # noqa: E402
 
 SLO = {"ttft_p90_ms": 200.0, "tpot_p90_ms": 15.0}
 KEEP_UP = 0.95  # achieved / offered request rate below which a point counts as fallen behind

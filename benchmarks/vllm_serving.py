@@ -29,7 +29,7 @@ from backends.process import ServerProcess, find_free_port  # noqa: E402
 from backends.vllm import bench_serve_argv, launch  # noqa: E402
 from loadgen.metrics import tpot_ms, ttft_ms  # noqa: E402
 from loadgen.records import read_records  # noqa: E402
-from loadgen.server_metrics import read_server_metrics, scraper_argv, summarize_server_metrics  # noqa: E402
+from loadgen.telemetry.server_metrics import read_server_metrics, scraper_argv, summarize_server_metrics  # noqa: E402
 
 
 def parse_points(specs: list[str]) -> list[tuple[str, float]]:

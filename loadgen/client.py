@@ -19,7 +19,7 @@ from yarl import URL
 from backends.protocols.native import LightLLMProtocol, TGIProtocol, TritonProtocol
 from backends.protocols.openai import OpenAIProtocol
 from loadgen.records import CANCELLED, OK, TIMEOUT, RequestRecord
-from loadgen.workload import RequestSpec
+from loadgen.workload.specs import RequestSpec
 
 ERROR_TEXT_LIMIT = 500
 

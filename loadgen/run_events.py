@@ -2,7 +2,7 @@
 
 The run fires four events; the record file, progress bar, error limit, server-metrics scraper, GPU sampler, sim
 ground truth and CSV files each subscribe to those they need (loadgen/listeners/), so the code that runs a point
-(loadgen/execute.py) calls none of them by name.
+(loadgen/point.py) calls none of them by name.
 """
 
 from __future__ import annotations

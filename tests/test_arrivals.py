@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from loadgen.arrivals import ArrivalProcess
 from loadgen.errors import LoadgenError
+from loadgen.load.arrivals import ArrivalProcess
 
 N = 20000
 

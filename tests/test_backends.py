@@ -178,7 +178,7 @@ def test_port_already_taken_is_a_clear_error(tmp_path):
 
 
 def test_histogram_quantiles_and_server_summary_by_hand():
-    from loadgen.server_metrics import histogram_quantile, parse_metrics, summarize_server_metrics
+    from loadgen.telemetry.server_metrics import histogram_quantile, parse_metrics, summarize_server_metrics
 
     # cumulative: 3 obs <= 10 ms, 9 <= 100 ms, 10 in all
     buckets = {0.01: 3.0, 0.1: 9.0, float("inf"): 10.0}
@@ -201,7 +201,7 @@ def test_histogram_quantiles_and_server_summary_by_hand():
 
 
 def test_prefix_cache_hit_rate_from_counter_deltas():
-    from loadgen.server_metrics import parse_metrics, summarize_server_metrics
+    from loadgen.telemetry.server_metrics import parse_metrics, summarize_server_metrics
 
     text = ("# TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total %d\n"
             "# TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total %d\n")
@@ -212,7 +212,7 @@ def test_prefix_cache_hit_rate_from_counter_deltas():
 
 def test_request_phases_from_vllm_histogram_deltas():
     """Mean ms per phase over the run (delta sum / delta count); before_inference = e2e - inference."""
-    from loadgen.server_metrics import parse_metrics, summarize_server_metrics
+    from loadgen.telemetry.server_metrics import parse_metrics, summarize_server_metrics
 
     names = {"e2e_request_latency": (2.0, 4.0), "request_inference_time": (1.5, 3.1), "request_prefill_time": (0.2, 0.6),
              "request_queue_time": (0.0, 0.01)}

@@ -5,9 +5,9 @@ import time
 
 from backends.protocols.openai import OpenAIProtocol
 from loadgen.client import Target
-from loadgen.distributions import LengthDistribution
 from loadgen.load import LoadPlan, run_load
-from loadgen.workload import Workload
+from loadgen.workload.distributions import LengthDistribution
+from loadgen.workload.specs import Workload
 
 
 class StampedWorkload(Workload):

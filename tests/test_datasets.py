@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from loadgen.datasets import approx_tokens, detect_format, load_dataset, trace_offsets
 from loadgen.errors import LoadgenError
-from loadgen.workload import DatasetWorkload
+from loadgen.workload.datasets import approx_tokens, detect_format, load_dataset, trace_offsets
+from loadgen.workload.specs import DatasetWorkload
 from scenarios.scenario import DATA_DIR
 
 
@@ -129,8 +129,8 @@ def test_filter_sample_and_multi_turn_workload(tmp_path):
 
 
 def test_shared_prefix_and_synthetic_turns():
-    from loadgen.distributions import LengthDistribution as L
-    from loadgen.workload import Workload
+    from loadgen.workload.distributions import LengthDistribution as L
+    from loadgen.workload.specs import Workload
 
     specs = Workload(L.parse("40"), L.parse("8"), 4096, prefix_groups=3, prefix_len=100, seed=5).take(60)
     prefixes = {" ".join(s.prompt.split()[:100]) for s in specs}

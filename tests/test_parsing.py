@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
 from loadgen.slo import parse_slo
 from loadgen.units import parse_duration
+from loadgen.workload.distributions import LengthDistribution
 
 
 def test_durations():

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
-from loadgen.prompts import WORDS, HFTokenizer, PromptSynthesizer
-from loadgen.workload import Workload
+from loadgen.workload.distributions import LengthDistribution
+from loadgen.workload.prompts import WORDS, HFTokenizer, PromptSynthesizer
+from loadgen.workload.specs import Workload
 
 tokenizers = pytest.importorskip("tokenizers")
 

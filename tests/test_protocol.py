@@ -6,7 +6,7 @@ from aiohttp import web
 
 from backends.protocols.openai import OpenAIProtocol, OpenAIStreamParser
 from loadgen.client import Target, make_session, send_request
-from loadgen.workload import RequestSpec
+from loadgen.workload.specs import RequestSpec
 
 
 def test_parser_counts_token_bearing_chunks_only():

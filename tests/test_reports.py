@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_loadgen
-from loadgen.compare import check_comparable, comparison_rows, load_run, relative
 from loadgen.errors import LoadgenError
+from loadgen.outputs.compare import check_comparable, comparison_rows, load_run, relative
+from loadgen.outputs.timeseries import achieved_rate, energy_joules, in_flight, offered_rate, output_token_rate
 from loadgen.records import RequestRecord
-from loadgen.telemetry import energy_summary
-from loadgen.timeseries import achieved_rate, energy_joules, in_flight, offered_rate, output_token_rate
+from loadgen.telemetry.gpu import energy_summary
 
 FIXTURES = ROOT / "tests" / "fixtures" / "runs"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -73,7 +73,7 @@ BEHIND = {"requests": 600, "arrival_window_s": 30.0, "first_latency_s": 0.1, "fi
 
 
 def test_sweep_report_crosses_out_a_point_where_the_server_fell_behind(tmp_path, monkeypatch):
-    from loadgen import html_report, plots
+    from loadgen.outputs import html_report, plots
 
     sweep_dir = _copy("sweep", tmp_path)
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
@@ -165,7 +165,7 @@ def test_energy_by_hand():
 
 
 def test_committed_h100_sample_reads_back():
-    from loadgen.telemetry import read_gpu_samples
+    from loadgen.telemetry.gpu import read_gpu_samples
 
     samples = read_gpu_samples(ROOT / "results" / "h100-nvml-sample.jsonl")
     assert len(samples) == 100 and samples[0]["t_s"] == 0 and "H100" in samples[0]["name"]

@@ -151,7 +151,7 @@ def test_flags_written_from_a_config_read_back_to_it():
 
 
 def test_a_point_reads_its_settings_from_the_run_config():
-    from loadgen.execute import point_settings
+    from loadgen.point import point_settings
 
     config = build_run_config(_parse(["--slo", "ttft:1s", "--csv", "--gpu-telemetry", "--workers", "2"]))
     settings = point_settings(config)

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_loadgen
 from loadgen.config import list_scenarios, load_scenario
-from loadgen.datasets import load_dataset, trace_offsets
 from loadgen.sweep import find_max_rate
+from loadgen.workload.datasets import load_dataset, trace_offsets
 from scenarios.catalog import CatalogError
 from scenarios.scenario import DATA_DIR
 

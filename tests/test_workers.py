@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_loadgen
-from loadgen.arrivals import ArrivalProcess
 from loadgen.load import LoadPlan
+from loadgen.load.arrivals import ArrivalProcess
 from loadgen.load.processes import choose_workers, client_summary, on_this_host, split_evenly
 
 

@@ -20,11 +20,11 @@ from loadgen.cli.common import prepare, run_config
 from loadgen.config import RUN_SECTIONS, LocustConfig, RunConfig, add_arguments, given, to_flags
 from loadgen.config.commands import LOCUST_CLI_SKIP, LOCUSTFILE_FIELDS
 from loadgen.config.sources import build_section
+from loadgen.endpoint import open_endpoint
 from loadgen.errors import LoadgenError
-from loadgen.launch import open_endpoint
 from loadgen.rundir import create_run_dir
 
-LOCUSTFILE = Path(__file__).resolve().parent.parent / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().parent.parent / "locust" / "locustfile.py"
 SECTIONS = {**{k: v for k, v in RUN_SECTIONS.items() if k != "telemetry"}, "locust": LocustConfig}
 # Locust's own spellings, hidden, for a release
 ALIASES = {"load.concurrency": ("--users",), "load.duration": ("--run-time",), "output.dir": ("--out",)}

@@ -12,9 +12,9 @@ from backends.sim import command as sim_backend
 from loadgen.cli.common import USER_ERRORS, Prepared, prepare, print_result, run_config, write_report_if_asked
 from loadgen.config import RUN_SECTIONS, add_arguments
 from loadgen.config.assemble import build_workload, load_plan
-from loadgen.execute import record_failed_start, run_point
-from loadgen.launch import endpoint_name, launch_spec, open_endpoint
-from loadgen.report import format_summary
+from loadgen.endpoint import endpoint_name, launch_spec, open_endpoint
+from loadgen.outputs.console import format_summary
+from loadgen.point import record_failed_start, run_point
 from loadgen.rundir import create_run_dir
 
 

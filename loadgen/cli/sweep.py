@@ -24,9 +24,9 @@ from loadgen.config import (
     given,
 )
 from loadgen.config.assemble import build_workload, load_plan
-from loadgen.execute import record_failed_start, run_point
-from loadgen.launch import open_endpoint
+from loadgen.endpoint import open_endpoint
 from loadgen.pace import judge
+from loadgen.point import record_failed_start, run_point
 from loadgen.rundir import create_run_dir, slug, write_json
 from loadgen.sweep import (
     PointSize,

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from backends.sim import command as sim_backend
-from loadgen.compare import check_comparable, comparison_rows, format_rows, load_run
 from loadgen.config import kinds, list_scenarios, load_scenario
 from loadgen.config.sources import as_type
 from loadgen.errors import LoadgenError
+from loadgen.outputs.compare import check_comparable, comparison_rows, format_rows, load_run
 from scenarios.catalog import get_model, list_gpus, list_models
 
 DURATION = as_type(kinds.duration, "DURATION")
@@ -109,8 +109,8 @@ def add_output(p: argparse.ArgumentParser, help: str, required: bool = False, de
 
 # -- reports ------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    from loadgen.csv_export import write_requests_csv, write_summary_csv
-    from loadgen.html_report import write_report
+    from loadgen.outputs.csv_files import write_requests_csv, write_summary_csv
+    from loadgen.outputs.html_report import write_report
 
     path = Path(args.directory)
     if not path.is_dir():
@@ -142,7 +142,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(tabulate(format_rows(runs, rows), headers=["metric", *(r.name for r in runs)],
                        disable_numparse=True))
     if args.output:
-        from loadgen.html_report import compare_report
+        from loadgen.outputs.html_report import compare_report
 
         Path(args.output).write_text(compare_report(runs, diffs), encoding="utf-8")
         print(f"report: {args.output}", file=sys.stderr)
@@ -154,8 +154,8 @@ def cmd_gpu_sample(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from loadgen.telemetry import GPUSampler, nvml_unavailable_reason, read_gpu_samples
-    from loadgen.timeseries import energy_joules
+    from loadgen.outputs.timeseries import energy_joules
+    from loadgen.telemetry.gpu import GPUSampler, nvml_unavailable_reason, read_gpu_samples
 
     reason = nvml_unavailable_reason()
     if reason:

@@ -3,13 +3,13 @@ the tokenizer, so it is built once the server is known)."""
 
 from __future__ import annotations
 
-from loadgen.arrivals import ArrivalProcess
 from loadgen.config.run import DEFAULT_NUM_REQUESTS, DEFAULT_QPS, TRACE, RunConfig
-from loadgen.datasets import load_dataset
 from loadgen.errors import LoadgenError
+from loadgen.load.arrivals import ArrivalProcess
 from loadgen.load.plans import LoadPlan
-from loadgen.prompts import PromptSynthesizer
-from loadgen.workload import DatasetWorkload, Workload
+from loadgen.workload.datasets import load_dataset
+from loadgen.workload.prompts import PromptSynthesizer
+from loadgen.workload.specs import DatasetWorkload, Workload
 from scenarios.scenario import find_data_file
 
 

@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
 from loadgen.slo import parse_slo
 from loadgen.units import parse_duration
+from loadgen.workload.distributions import LengthDistribution
 
 _NUM = (int, float)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends.registry import ENDPOINTS, FRAMEWORKS
-from loadgen.arrivals import ARRIVAL_KINDS
 from loadgen.config import kinds as k
 from loadgen.config.fields import Section, option
 from loadgen.config.kinds import ConfigError
-from loadgen.datasets import FORMATS
+from loadgen.load.arrivals import ARRIVAL_KINDS
+from loadgen.workload.datasets import FORMATS
 
 TRACE = "trace"
 DEFAULT_QPS = 10.0

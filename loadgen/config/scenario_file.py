@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadgen.arrivals import ARRIVAL_KINDS
 from loadgen.config.commands import SweepConfig
 from loadgen.config.fields import Option, flag_of, options
 from loadgen.config.run import RUN_SECTIONS, TRACE
 from loadgen.errors import LoadgenError
+from loadgen.load.arrivals import ARRIVAL_KINDS
 from scenarios.catalog import CatalogError
 from scenarios.scenario import Scenario, scenario_files
 from scenarios.scenario import load_scenario as _load_file

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loadgen.csv_export import write_requests_csv, write_summary_csv
+from loadgen.outputs.csv_files import write_requests_csv, write_summary_csv
 from loadgen.records import RecordWriter, RequestRecord
 from loadgen.run_events import RunResult
 from loadgen.rundir import write_json

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from loadgen.accuracy import timing_error
-from loadgen.launch import get_json
+from loadgen.endpoint import get_json
 from loadgen.run_events import RunResult
 
 

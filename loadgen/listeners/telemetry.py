@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from loadgen.run_events import RunResult
-from loadgen.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
-from loadgen.telemetry import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
+from loadgen.telemetry.gpu import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
+from loadgen.telemetry.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
 
 
 class ServerMetrics:

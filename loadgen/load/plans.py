@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loadgen.arrivals import ArrivalProcess
 from loadgen.client import Target, send_request
+from loadgen.load.arrivals import ArrivalProcess
 from loadgen.load.stop import StopSignal
 from loadgen.records import RequestRecord
-from loadgen.workload import RequestSpec
+from loadgen.workload.specs import RequestSpec
 
 # Connections opened ahead of an open-loop run (its peak concurrency is not known in advance).
 OPEN_LOOP_PREWARM = 32

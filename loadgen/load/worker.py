@@ -59,7 +59,7 @@ async def _work(fd: int) -> None:
     job: WorkerJob = message[1]
     target = job.target
     if job.tokenizer:
-        from loadgen.prompts import HFTokenizer
+        from loadgen.workload.prompts import HFTokenizer
 
         target = replace(target, count_tokens=HFTokenizer(job.tokenizer).count)
     shape, share = shape_of(job.plan), job.share

@@ -19,7 +19,7 @@ from backends.registry import protocol_for
 from loadgen import run_json
 from loadgen.client import Target
 from loadgen.config import RunConfig
-from loadgen.launch import Endpoint
+from loadgen.endpoint import Endpoint
 from loadgen.listeners.files import CsvFiles, RecordFile, SummaryFile
 from loadgen.listeners.progress import ProgressBar
 from loadgen.listeners.sim_truth import SimGroundTruth

@@ -185,7 +185,7 @@ HEADERS_ENV = "LOADGEN_SCRAPE_HEADERS"  # the API key travels in the environment
 
 def scraper_argv(url: str, path: Path, interval_s: float) -> list[str]:
     """The scraper child: prints "ready" after its baseline scrape, takes a final scrape on SIGTERM or SIGINT."""
-    return [sys.executable, "-m", "loadgen.server_metrics", url, str(path), str(interval_s)]
+    return [sys.executable, "-m", "loadgen.telemetry.server_metrics", url, str(path), str(interval_s)]
 
 
 class MetricsScraper:

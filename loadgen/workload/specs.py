@@ -13,10 +13,10 @@ from typing import Iterator
 
 import numpy as np
 
-from loadgen.datasets import Dataset, DatasetRecord
-from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
-from loadgen.prompts import PromptSynthesizer
+from loadgen.workload.datasets import Dataset, DatasetRecord
+from loadgen.workload.distributions import LengthDistribution
+from loadgen.workload.prompts import PromptSynthesizer
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from loadgen import plots, timeseries
-from loadgen.compare import RunData, comparison_rows, format_rows, load_run
 from loadgen.errors import LoadgenError
 from loadgen.metrics import e2el_ms, itl_ms, tpot_ms, ttft_ms
+from loadgen.outputs import plots, timeseries
+from loadgen.outputs.compare import RunData, comparison_rows, format_rows, load_run
+from loadgen.outputs.console import COLUMNS, METRICS
 from loadgen.pace import RATE_TOLERANCE, judge, kept_up, pace
 from loadgen.records import RequestRecord, read_records
-from loadgen.report import COLUMNS, METRICS
-from loadgen.server_metrics import read_server_metrics
-from loadgen.telemetry import read_gpu_samples
+from loadgen.telemetry.gpu import read_gpu_samples
+from loadgen.telemetry.server_metrics import read_server_metrics
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1280px}
@@ -169,7 +169,7 @@ def run_report(run_dir: Path, data: RunData, records: list[RequestRecord]) -> st
 
 def _server_metrics(path: Path, origin_ns: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     """Queue depth and KV-cache use from server_metrics.jsonl (the scraped /metrics), over time."""
-    from loadgen.server_metrics import GAUGES
+    from loadgen.telemetry.server_metrics import GAUGES
 
     rows = read_server_metrics(path, origin_ns)
     if not rows:

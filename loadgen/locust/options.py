@@ -12,7 +12,7 @@ from loadgen.config import RUN_SECTIONS, RunConfig, WorkloadConfig, build_run_co
 from loadgen.config.commands import LOCUSTFILE_FIELDS
 from loadgen.config.fields import options
 from loadgen.config.sources import add_flag
-from loadgen.prompts import HFTokenizer, PromptSynthesizer
+from loadgen.workload.prompts import HFTokenizer, PromptSynthesizer
 
 
 def add_locust_options(parser) -> None:

@@ -32,13 +32,13 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from backends.registry import protocol_for
 from loadgen.client import Target, make_session, send_request
 from loadgen.config.assemble import build_workload
-from loadgen.locust_config import add_locust_options, describe_workload, prompt_source, run_config
+from loadgen.locust.options import add_locust_options, describe_workload, prompt_source, run_config
 from loadgen.metrics import itl_ms, summarize, tpot_ms, ttft_ms
-from loadgen.prompts import HFTokenizer
+from loadgen.outputs.console import SIM_BANNER
 from loadgen.records import RecordWriter, RequestRecord, read_records
-from loadgen.report import SIM_BANNER
 from loadgen.rundir import environment as host_environment  # `environment` is Locust's, below
 from loadgen.rundir import utc_now, write_json
+from loadgen.workload.prompts import HFTokenizer
 
 RECORDS_MESSAGE = "loadgen_records"
 log = logging.getLogger("loadgen.locust")

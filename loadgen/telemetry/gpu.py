@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from loadgen.timeseries import energy_joules
+from loadgen.outputs.timeseries import energy_joules
 
 
 def nvml_unavailable_reason() -> str | None:

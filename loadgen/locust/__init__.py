@@ -1,0 +1,1 @@
+"""loadgen inside Locust: the locustfile (users, statistics, records to the master) and its options."""

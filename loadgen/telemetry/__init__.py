@@ -1,0 +1,1 @@
+"""What is sampled beside the requests: the server's Prometheus metrics and this host's GPUs."""
