@@ -20,7 +20,7 @@ from loadgen import run_json
 from loadgen.client import Target
 from loadgen.config import RunConfig
 from loadgen.endpoint import Endpoint
-from loadgen.listeners.files import CsvFiles, RecordFile, SummaryFile
+from loadgen.listeners.files import CsvFiles, HtmlReport, RecordFile, SummaryFile
 from loadgen.listeners.progress import ProgressBar
 from loadgen.listeners.sim_truth import SimGroundTruth
 from loadgen.listeners.telemetry import GpuTelemetry, ServerMetrics
@@ -47,6 +47,7 @@ class PointSettings:
     scenario: str | None
     gpu: str | None  # what a simulated engine stands for when it does not say, and a launched framework's GPUs
     gpus: int | None
+    report: bool = False  # report.html when the point has finished
 
 
 def point_settings(config: RunConfig) -> PointSettings:
@@ -57,7 +58,7 @@ def point_settings(config: RunConfig) -> PointSettings:
                          gpu_telemetry=config.telemetry.gpu_sampling,
                          gpu_sample_interval=config.telemetry.gpu_sample_interval,
                          scrape_interval=config.telemetry.scrape_interval, scenario=config.scenario_name,
-                         gpu=config.target.gpu, gpus=config.target.gpus)
+                         gpu=config.target.gpu, gpus=config.target.gpus, report=config.output.report)
 
 
 def listeners_for(settings: PointSettings, endpoint: Endpoint, run_dir: Path, headers: dict[str, str], workload,
@@ -127,10 +128,13 @@ async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workl
     protocol = protocol_for(endpoint.protocol_name, settings.ignore_eos, endpoint.info.get("name"))
     target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
     workers = choose_workers(settings.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
-    info = run_json.RunJson(run_dir, _run_info(settings, endpoint, protocol, plan, workload, workers, slo, headers))
+    info = run_json.RunJson(run_dir, _run_info(settings, endpoint, protocol, plan, workload, workers, slo, headers),
+                            workload)
     events = RunEvents()
-    for listener in listeners_for(settings, endpoint, run_dir, headers, workload, plan, label):
-        events.subscribe(listener)
+    for listener in [*listeners_for(settings, endpoint, run_dir, headers, workload, plan, label), info]:
+        events.subscribe(listener)  # run.json is final after the summary's files: a finished run has them
+    if settings.report:
+        events.subscribe(HtmlReport())  # reads the finished run directory
     outcome = None
     cpu0, wall0 = time.process_time(), time.perf_counter()
 
@@ -163,7 +167,6 @@ async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workl
     records = read_records(run_dir / "requests.jsonl")
     summary = _summary(records, slo, endpoint, workload, outcome, client_cpu)
     await events.finished.fire_and_wait(RunResult(run_dir, records, summary, outcome))
-    info.finished(outcome, workload)
     return summary, outcome.interrupted
 
 

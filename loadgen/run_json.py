@@ -13,8 +13,8 @@ def _first_line(error: BaseException) -> str:
 
 
 class RunJson:
-    def __init__(self, run_dir: Path, info: dict):
-        self.path = run_dir / "run.json"
+    def __init__(self, run_dir: Path, info: dict, workload):
+        self.path, self.workload = run_dir / "run.json", workload
         self.info = {"status": "running", "started_at": utc_now(), "environment": environment(), **info}
         write_json(self.path, self.info)
 
@@ -22,12 +22,14 @@ class RunJson:
         self.info.update(status="failed", finished_at=utc_now(), error=_first_line(error))
         write_json(self.path, self.info)
 
-    def finished(self, outcome, workload) -> None:
-        """outcome: the LoadOutcome. The workload is described again: its counts (clipped prompts, reused dataset
-        records) grow as its prompts are made."""
+    def finished(self, result) -> None:
+        """A listener of the run's `finished` event (result: a RunResult). The workload is described again: its
+        counts (clipped prompts, reused dataset records) grow as its prompts are made."""
+        outcome = result.outcome
         status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
         self.info.update(status=status, finished_at=utc_now(), stopped_early=outcome.stopped_early,
-                         origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s, workload=workload.describe())
+                         origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s,
+                         workload=self.workload.describe())
         write_json(self.path, self.info)
 
 

@@ -74,3 +74,21 @@ def test_gpu_telemetry_listener_skips_the_simulated_engine(tmp_path):
     assert "GPU telemetry: skipped (the simulated engine uses no GPU)" in proc.stderr
     assert not (out / "gpu.jsonl").exists() and "energy" not in json.loads((out / "summary.json").read_text())
     assert (out / "sim_ground_truth.jsonl").exists()  # the sim's ground-truth listener did run
+
+
+def test_report_is_a_listener_of_the_finished_run_and_a_sweep_writes_one(tmp_path):
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    proc = run_loadgen("run", "--num-requests", "20", "--input-len", "32", "--output-len", "8", "--quiet",
+                       "--report", "--output", str(run), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"report: {run / 'report.html'}" in proc.stderr and (run / "report.html").stat().st_size > 0
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"  # final before the report read it
+    sweep = tmp_path / "sweep"
+    proc = run_loadgen("sweep", "--qps", "2,4", "--num-requests", "10", "--input-len", "32", "--output-len", "8",
+                       "--quiet", "--report", "--output", str(sweep), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (sweep / "report.html").exists() and proc.stderr.count("report: ") == 1
+    assert not (sweep / "qps-2" / "report.html").exists() and not (sweep / "qps-4" / "report.html").exists()

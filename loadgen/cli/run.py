@@ -9,7 +9,7 @@ import sys
 from backends import eventloop
 from backends.registry import FRAMEWORKS
 from backends.sim import command as sim_backend
-from loadgen.cli.common import USER_ERRORS, Prepared, prepare, print_result, run_config, write_report_if_asked
+from loadgen.cli.common import USER_ERRORS, Prepared, prepare, print_result, run_config
 from loadgen.config import RUN_SECTIONS, add_arguments
 from loadgen.config.assemble import build_workload, load_plan
 from loadgen.endpoint import endpoint_name, launch_spec, open_endpoint
@@ -45,7 +45,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         record_failed_start(run_dir, config, exc)
         raise
     print_result(config.output, summary, format_summary(summary, run_dir), run_dir)
-    write_report_if_asked(config.output, run_dir)
     if summary.get("stopped_early"):
         print(f"loadgen: run stopped early: {summary['stopped_early']}; what was measured is in {run_dir}",
               file=sys.stderr)

@@ -59,7 +59,7 @@ def point_config(config: RunConfig, qps: float | None, concurrency: int | None, 
     """The RunConfig of one sweep point: the sweep's, with this point's load and size."""
     load = replace(config.load, qps=qps, concurrency=concurrency, num_requests=size.num_requests,
                    duration=size.duration_s, warmup=size.warmup)
-    return replace(config, load=load)
+    return replace(config, load=load, output=replace(config.output, report=False))  # one report, for the sweep
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

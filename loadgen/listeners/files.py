@@ -1,7 +1,9 @@
-"""The run's own files: requests.jsonl as records arrive; summary.json and the CSV copies once the summary is made."""
+"""The run's own files: requests.jsonl as records arrive; summary.json, the CSV copies and the HTML report once the
+summary is made."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from loadgen.outputs.csv_files import write_requests_csv, write_summary_csv
@@ -42,3 +44,13 @@ class SummaryFile:
 
     def finished(self, result: RunResult) -> None:
         write_json(result.run_dir / "summary.json", result.summary)
+
+
+class HtmlReport:
+    """--report: report.html from the finished run directory, so subscribe it last (after run.json is final).
+    matplotlib was checked for before the run started."""
+
+    def finished(self, result: RunResult) -> None:
+        from loadgen.outputs.html_report import write_report
+
+        print(f"report: {write_report(result.run_dir)}", file=sys.stderr)
