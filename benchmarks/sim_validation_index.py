@@ -114,7 +114,10 @@ def plan_checks() -> list[dict]:
     if not PLAN_CHECK.exists():
         return []
     data = json.loads(PLAN_CHECK.read_text())
-    return [{"source": str(PLAN_CHECK.relative_to(ROOT)), **c} for c in data.get("checks", [])]
+    keep = ("gpu", "model", "tp", "slo", "predicted_per_s", "predicted_label", "measured",
+            "difference_to_interpolated_crossing", "sweeps_agreeing")
+    return [{"source": str(PLAN_CHECK.relative_to(ROOT)), **{k: c[k] for k in keep if k in c}}
+            for c in data.get("checks", [])]
 
 
 def build() -> dict:

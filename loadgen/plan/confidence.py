@@ -102,7 +102,7 @@ class ValidationIndex:
         for c in data.get("max_rate_checks", []):
             for key, slot in pooled.items():
                 if key[:3] == (c.get("gpu"), c.get("model"), c.get("tp")) and slot["max_rate"] is None:
-                    slot["max_rate"] = {k: c[k] for k in ("slo", "predicted_per_s", "measured") if k in c}
+                    slot["max_rate"] = {k: c[k] for k in ("slo", "predicted_per_s", "measured", "source") if k in c}
         return cls([Validated(*k, tuple(dict.fromkeys(v["sources"])), tuple(v["errors"]), v["max_rate"])
                     for k, v in pooled.items()])
 

@@ -36,9 +36,9 @@ def header(result: PlanResult) -> list[str]:
         (f"model {r.model.name}; workload: {r.workload.description}"
          + ("" if r.workload.burstiness == 1.0 else f", gamma arrivals (burstiness {r.workload.burstiness:g})")
          + f"; SLO {r.slo.text()} and keeping up; {target}; at most {r.space.max_gpus} GPUs"),
-        f"searched {len(result.configs)} configurations ({len(result.feasible)} feasible) = "
+        (f"searched {len(result.configs)} configurations ({len(result.feasible)} feasible) = "
         f"{result.engines_simulated} engines simulated x replica counts; {result.replays} replays, "
-        f"{result.requests_simulated:,} simulated requests in {result.wall_s:.1f} s wall, {result.cpu_s:.1f} s CPU",
+        f"{result.requests_simulated:,} simulated requests in {result.wall_s:.1f} s wall, {result.cpu_s:.1f} s CPU"),
         (f"prices per GPU-hour: {r.price_source}; chunked prefill always on (the sim models vLLM V1's scheduler); "
          "replicas scale the rate linearly (random routing splits Poisson arrivals)"),
     ]
@@ -78,7 +78,9 @@ def confidence_lines(result: PlanResult, top: int = 10) -> list[str]:
             measured = mr.get("measured", {})
             slo = ", ".join(f"{k.replace('_ms', '')} <= {v:g} ms" for k, v in (mr.get("slo") or {}).items())
             rate = (f"; max rate under {slo or 'its SLO'} there: predicted {mr.get('predicted_per_s', 0):.3g} req/s, measured "
-                    f"met {measured.get('met_at_per_s')} / failed {measured.get('failed_at_per_s')} req/s")
+                    f"met {measured.get('met_at_per_s')} / failed {measured.get('failed_at_per_s')} req/s"
+                    + (f" (crossing {measured['interpolated_crossing_per_s']:.3g} interpolated)"
+                       if measured.get("interpolated_crossing_per_s") else ""))
         diff = f" (differs in {', '.join(k.differences)})" if k.differences else ""
         out.append(f"  {c.candidate.engine.gpu} TP{c.candidate.engine.tp}: {k.short()}; nearest validated: "
                    f"{k.nearest}{diff}; sim error there {err}{rate}")
