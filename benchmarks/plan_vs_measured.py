@@ -20,6 +20,7 @@ request at its full 640 tokens (40 blocks of 16), so the cache holds 40 / usage 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -91,7 +92,7 @@ def bracket(points: list[dict], limits: dict[str, float]) -> dict:
     cands = []
     for k, limit in limits.items():
         curve = [(r, statistics.mean(p[k] for p in points if p["rate"] == r)) for r in rates]
-        for (r0, v0), (r1, v1) in zip(curve, curve[1:]):
+        for (r0, v0), (r1, v1) in itertools.pairwise(curve):
             if v0 <= limit < v1:
                 cands.append(r0 + (limit - v0) / (v1 - v0) * (r1 - r0))
                 break
