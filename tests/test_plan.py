@@ -250,3 +250,14 @@ def test_end_to_end_scenario_with_a_target_rate():
         assert r["replicas"] * r["engine_max_rate_per_s"] >= 20 and r["operating_rate_per_s"] == 20
     short = [r for r in plan["infeasible"] if "needs" in (r["reason"] or "")]
     assert all(r["replicas"] * r["engine_max_rate_per_s"] < 20 for r in short)
+
+
+def test_a_good_guess_settles_the_search_in_fewer_replays_within_the_tolerance():
+    work = from_distributions("512", "128", 600, 0, 4096)
+    slo = Slo({"ttft": 100.0, "tpot": 10.0})
+    cold = max_rate(_h100_7b(), work, slo, SMALL)
+    warm = max_rate(_h100_7b(max_num_seqs=512), work, slo, SMALL, guess=cold.max_rate_per_s)
+    assert warm.replays < cold.replays
+    assert abs(warm.max_rate_per_s / cold.max_rate_per_s - 1) <= 0.02 + 1e-9
+    far = max_rate(_h100_7b(), work, slo, SMALL, guess=cold.max_rate_per_s * 5)  # a bad guess still converges
+    assert abs(far.max_rate_per_s / cold.max_rate_per_s - 1) <= 0.03

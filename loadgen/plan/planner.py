@@ -90,13 +90,25 @@ def _sim_config(model: ModelSpec, gpu: GPUSpec, engine: EngineConfig) -> SimConf
                      max_batched_tokens=engine.max_batched_tokens)
 
 
+def evaluate_engines(model: ModelSpec, gpu: GPUSpec, engines: list[EngineConfig], workload: PlanWorkload, slo: Slo,
+                     size: PointSize, seed: int, target_rate: float | None, replica_counts: list[int]
+                     ) -> list[tuple[EngineConfig, EngineResult, dict[int, PointPrediction]]]:
+    """Engines of one GPU and TP degree, one after another (runs in a worker process): each search starts from the
+    previous engine's max rate, since engine settings that the load never reaches leave it unchanged."""
+    out, guess = [], None
+    for engine in engines:
+        out.append(evaluate_engine(model, gpu, engine, workload, slo, size, seed, target_rate, replica_counts, guess))
+        guess = out[-1][1].max_rate_per_s or guess
+    return out
+
+
 def evaluate_engine(model: ModelSpec, gpu: GPUSpec, engine: EngineConfig, workload: PlanWorkload, slo: Slo,
-                    size: PointSize, seed: int, target_rate: float | None, replica_counts: list[int]
-                    ) -> tuple[EngineConfig, EngineResult, dict[int, PointPrediction]]:
+                    size: PointSize, seed: int, target_rate: float | None, replica_counts: list[int],
+                    guess: float | None = None) -> tuple[EngineConfig, EngineResult, dict[int, PointPrediction]]:
     """One engine's max rate and, with a target, its predicted point at target / R for every replica count R that
-    reaches the target (the latency headroom each deployment keeps). Runs in a worker process."""
+    reaches the target (the latency headroom each deployment keeps)."""
     config = _sim_config(model, gpu, engine)
-    result = max_rate(config, workload, slo, size, seed)
+    result = max_rate(config, workload, slo, size, seed, guess=guess)
     at_target: dict[int, PointPrediction] = {}
     if target_rate is not None and result.max_rate_per_s:
         for r in replica_counts:
@@ -123,22 +135,27 @@ def run_plan(req: PlanRequest, jobs: int | None = None, progress: bool = True,
         else:
             runnable.append(engine)
     results: dict[EngineConfig, tuple[EngineResult, dict[int, PointPrediction]]] = {}
-    tasks = [(req.model, gpus[e.gpu], e, w, req.slo, req.size, req.seed, req.target_rate,
-              req.space.replica_counts(e.tp)) for e in runnable]
-    bar = _bar(len(tasks), progress)
+    groups: dict[tuple[str, int], list[EngineConfig]] = {}
+    for e in runnable:
+        groups.setdefault((e.gpu, e.tp), []).append(e)
+    tasks = [(req.model, gpus[g], sorted(es, key=lambda e: (e.max_num_seqs, e.max_batched_tokens)), w, req.slo,
+              req.size, req.seed, req.target_rate, req.space.replica_counts(tp)) for (g, tp), es in groups.items()]
+    bar = _bar(len(runnable), progress)
     jobs = max(1, jobs or os.cpu_count() or 1)
     if jobs == 1 or len(tasks) <= 1:
-        for t in tasks:
-            engine, res, pts = evaluate_engine(*t)
-            results[engine] = (res, pts)
-            bar.update(1)
+        done = (evaluate_engines(*t) for t in tasks)
+        for group in done:
+            for engine, res, pts in group:
+                results[engine] = (res, pts)
+            bar.update(len(group))
     else:
         with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-            futures = [pool.submit(evaluate_engine, *t) for t in tasks]
+            futures = [pool.submit(evaluate_engines, *t) for t in tasks]
             for f in concurrent.futures.as_completed(futures):
-                engine, res, pts = f.result()
-                results[engine] = (res, pts)
-                bar.update(1)
+                group = f.result()
+                for engine, res, pts in group:
+                    results[engine] = (res, pts)
+                bar.update(len(group))
     bar.close()
     for engine in req.space.engines():
         gpu = gpus[engine.gpu]

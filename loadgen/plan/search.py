@@ -118,11 +118,12 @@ def predict_point(config: SimConfig, workload: PlanWorkload, rate: float, size: 
 
 
 def max_rate(config: SimConfig, workload: PlanWorkload, slo: Slo, size: PointSize = PointSize(), seed: int = 0,
-             rel_tol: float = 0.02) -> EngineResult:
+             rel_tol: float = 0.02, guess: float | None = None) -> EngineResult:
     """Bisection between a rate that meets the SLO and one that does not, to `rel_tol` of the rate. The first
-    probe is one request in flight on average (the lone request's end-to-end latency); it doubles until a rate
-    fails, or halves until one meets (giving up below 1/64 of it). An engine that misses the SLO with one
-    request at a time (a closed loop of one user) misses it at every rate and is not searched."""
+    probe is `guess` (a similar engine's max rate: two probes settle it when it is right) or else one request in
+    flight on average (the lone request's end-to-end latency); the rate doubles until one fails, or halves until
+    one meets (giving up below 1/64 of the first), then bisects. An engine that misses the SLO with one request at
+    a time (a closed loop of one user) misses it at every rate and is not searched."""
     result = EngineResult(None, None)
 
     def probe(rate: float) -> PointPrediction:
@@ -140,28 +141,31 @@ def max_rate(config: SimConfig, workload: PlanWorkload, slo: Slo, size: PointSiz
     if slow:  # one request at a time is the best any rate can do
         result.reason = f"misses the SLO even one request at a time: {'; '.join(slow)}"
         return result
-    start = 1.0 / float(np.mean([r.e2el_s for r in lone]))
+    start = guess if guess else 1.0 / float(np.mean([r.e2el_s for r in lone]))
+    step = 1 + rel_tol if guess else 2.0  # from a guess, look just past it first
     point = probe(start)
     if point.meets:
         lo, best = start, point
         hi = None
-        for _ in range(40):
-            nxt = probe(lo * 2)
+        for _ in range(60):
+            nxt = probe(lo * step)
             if not nxt.meets:
-                hi = lo * 2
+                hi = lo * step
                 break
-            lo, best = lo * 2, nxt
+            lo, best = lo * step, nxt
+            step = 2.0
         if hi is None:
             result.reason = f"meets the SLO up to {lo:.3g} req/s, the search's ceiling"
     else:
         hi, lo, best = start, None, None
         first_fail = point
         while hi > start / 64:
-            nxt = probe(hi / 2)
+            nxt = probe(hi / step)
             if nxt.meets:
-                lo, best = hi / 2, nxt
+                lo, best = hi / step, nxt
                 break
-            hi /= 2
+            hi /= step
+            step = 2.0
         if lo is None:
             result.reason = (f"no rate down to {hi:.3g} req/s meets the SLO: at {start:.3g} req/s "
                              f"{'; '.join(first_fail.failed)}")
