@@ -44,11 +44,29 @@ def header(result: PlanResult) -> list[str]:
     ]
 
 
+def merged(result: PlanResult) -> list[tuple[PlannedConfig, list[int], list[int]]]:
+    """The ranked list with deployments that differ only in engine settings the load never reached (the same
+    predictions to the last digit) shown as one row: (first such configuration, its max_num_seqs, its token
+    budgets)."""
+    rows: dict[tuple, tuple[PlannedConfig, list[int], list[int]]] = {}
+    for c in result.feasible:
+        e, s = c.candidate.engine, c.scores
+        key = (e.gpu, e.tp, c.candidate.replicas, s.max_rate_per_s, s.goodput_per_s, tuple(c.headroom.values()),
+               c.memory.preemption_above_seqs)
+        row = rows.setdefault(key, (c, [], []))
+        if e.max_num_seqs not in row[1]:
+            row[1].append(e.max_num_seqs)
+        if e.max_batched_tokens not in row[2]:
+            row[2].append(e.max_batched_tokens)
+    return list(rows.values())
+
+
 def table(result: PlanResult, top: int = 10) -> str:
     rows = []
-    for i, c in enumerate(result.feasible[:top], 1):
+    for i, (c, seqs, tokens) in enumerate(merged(result)[:top], 1):
         e, s = c.candidate.engine, c.scores
-        rows.append([i, e.gpu, f"{e.tp}x{c.candidate.replicas}={s.gpus}", e.max_num_seqs, e.max_batched_tokens,
+        rows.append([i, e.gpu, f"{e.tp}x{c.candidate.replicas}={s.gpus}", ",".join(map(str, sorted(seqs))),
+                     ",".join(map(str, sorted(tokens))),
                      f"{s.max_rate_per_s:.2f}", f"{s.goodput_per_gpu:.2f}", _money(s.cost_per_m_output_tokens),
                      _headroom(c), f"{c.little_concurrency:.0f}", f"{c.memory.kv_capacity_tokens:,}", _preempt(c),
                      c.confidence.short()])
@@ -58,14 +76,15 @@ def table(result: PlanResult, top: int = 10) -> str:
         return "no feasible configuration"
     return (tabulate(rows, headers=heads, disable_numparse=True) + "\n* predicted (SIMULATED). TPxR: tensor-parallel "
             "degree x replicas; seqs / batch tok: max_num_seqs / max batched tokens per step; in flight: sequences per "
-            "replica at the operating rate (Little's law); KV tokens and preempts at: per replica, sequences of the "
+            "replica at the operating rate (Little's law); several seqs / batch tok values: settings the load never reached, "
+            "predicted alike; KV tokens and preempts at: per replica, sequences of the "
             "mean length that fit at full length (the scheduler preempts above it; never when max_num_seqs is lower)")
 
 
 def confidence_lines(result: PlanResult, top: int = 10) -> list[str]:
     """One line per distinct nearest-validated configuration among the shown rows: what the label rests on."""
     seen: dict[str, PlannedConfig] = {}
-    for c in result.feasible[:top]:
+    for c, _, _ in merged(result)[:top]:
         seen.setdefault(c.confidence.nearest + c.confidence.label, c)
     out = []
     for c in seen.values():
