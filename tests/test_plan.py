@@ -105,6 +105,9 @@ def test_replicas_for_a_target_and_rank_order():
     unknown = score(30.0, 1, 1, 1.0, 100, None)
     assert sorted([dear, unknown, cheap], key=sort_key("cost")) == [cheap, dear, unknown]
     assert min([cheap, unknown], key=sort_key("max-rate")) is unknown
+    # R replicas of one engine cost the same per token (up to float rounding): the fewest GPUs rank first
+    replicas = [score(23.7366, r, 1, 1.0, 100, 3.1) for r in (7, 3, 1, 5)]
+    assert [s.gpus for s in sorted(replicas, key=sort_key("cost"))] == [1, 3, 5, 7]
     with pytest.raises(LoadgenError):
         sort_key("nope")
 

@@ -60,8 +60,13 @@ def sort_key(rank_by: str):
         cost = s.cost_per_m_output_tokens if s.cost_per_m_output_tokens is not None else math.inf
         primary = {"cost": cost, "goodput-per-gpu": -s.goodput_per_gpu, "max-rate": -s.max_rate_per_s,
                    "gpus": s.gpus}[rank_by]
-        return (primary, s.gpus, -s.max_rate_per_s)
+        # replicas of one engine tie on cost and goodput per GPU but for the last bits of their floats
+        return (_sig(primary), s.gpus, -s.max_rate_per_s)
     return key
+
+
+def _sig(x: float, digits: int = 9) -> float:
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else x
 
 
 def parse_prices(text: str | None, gpu_keys: dict[str, str]) -> dict[str, float]:
