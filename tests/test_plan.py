@@ -264,3 +264,29 @@ def test_a_good_guess_settles_the_search_in_fewer_replays_within_the_tolerance()
     assert abs(warm.max_rate_per_s / cold.max_rate_per_s - 1) <= 0.02 + 1e-9
     far = max_rate(_h100_7b(), work, slo, SMALL, guess=cold.max_rate_per_s * 5)  # a bad guess still converges
     assert abs(far.max_rate_per_s / cold.max_rate_per_s - 1) <= 0.03
+
+
+def test_dataset_lengths_and_gamma_scenarios(tmp_path):
+    common = ["--gpu", "h100", "--tp", "1", "--max-gpus", "1", "--max-num-seqs", "256", "--max-batched-tokens",
+              "8192", "--slo", "ttft:500ms,tpot:20ms", "--point-seconds", "10", "--min-requests", "100",
+              "--max-requests", "400", "--jobs", "1", "--quiet", "--json"]
+    proc = _plan("--dataset", "sharegpt-sample.json", *common)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["workload"].startswith("dataset sharegpt-sample.json (sharegpt") and plan["mean_input_tokens"] != 512
+    bursty = tmp_path / "bursty.yaml"
+    bursty.write_text("name: bursty\nversion: 1\ndescription: gamma arrivals\nworkload:\n  input_len: 512\n"
+                      "  output_len: 128\narrival:\n  kind: gamma\n  burstiness: 0.25\n")
+    # a latency-bound SLO, well below capacity
+    tight = ["ttft:100ms,tpot:10ms" if a == "ttft:500ms,tpot:20ms" else a for a in common]
+    smooth = json.loads(_plan("--input-len", "512", "--output-len", "128", *tight).stdout)
+    proc = _plan("--scenario", str(bursty), *tight)
+    assert proc.returncode == 0, proc.stderr
+    gamma = json.loads(proc.stdout)
+    assert gamma["burstiness"] == 0.25
+    # burstier arrivals (CV 2) batch more requests at once: the same engine serves less under the same SLO
+    assert gamma["ranked"][0]["max_rate_per_s"] < smooth["ranked"][0]["max_rate_per_s"]
+    closed = tmp_path / "closed.yaml"
+    closed.write_text("name: closed\nversion: 1\ndescription: users\narrival:\n  kind: closed\n  concurrency: 4\n")
+    proc = _plan("--scenario", str(closed), *common)
+    assert proc.returncode == 2 and "cannot be planned" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
