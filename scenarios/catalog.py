@@ -94,6 +94,9 @@ class GPUSpec:
     memory_gib: float
     interconnect: str
     interconnect_gbs: float
+    # An EXAMPLE rental price in US dollars per GPU-hour, for `loadgen plan`'s cost column when no --gpu-price is
+    # given; not a quote (prices vary by provider, region and commitment).
+    example_price_per_gpu_hour: float | None = None
 
     @property
     def peak_flops(self) -> float:
@@ -138,18 +141,23 @@ _GPU_FIELDS: dict[str, type | tuple[type, ...]] = {
     "interconnect": str,
     "interconnect_gbs": (int, float),
 }
+_GPU_OPTIONAL: dict[str, type | tuple[type, ...]] = {"example_price_per_gpu_hour": (int, float)}
 
 
-def _check_fields(path: Path, key: str, entry: Any, fields: dict[str, type | tuple[type, ...]]) -> None:
+def _check_fields(path: Path, key: str, entry: Any, fields: dict[str, type | tuple[type, ...]],
+                  optional: dict[str, type | tuple[type, ...]] | None = None) -> None:
     if not isinstance(entry, dict):
         raise CatalogError(f"{path.name}: entry {key!r} must be a mapping of fields")
     missing = [f for f in fields if f not in entry]
     if missing:
         raise CatalogError(f"{path.name}: entry {key!r} lacks field(s) {', '.join(missing)}")
-    unknown = [f for f in entry if f not in fields]
+    known = {**fields, **(optional or {})}
+    unknown = [f for f in entry if f not in known]
     if unknown:
         raise CatalogError(f"{path.name}: entry {key!r} has unknown field(s) {', '.join(unknown)}")
-    for field, typ in fields.items():
+    for field, typ in known.items():
+        if field not in entry:
+            continue
         value = entry[field]
         # bool is an int subclass: a bool where a number is wanted is a typo worth catching.
         if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
@@ -187,7 +195,7 @@ def load_models(path: Path = CATALOG_DIR / "models.yaml") -> dict[str, ModelSpec
 def load_gpus(path: Path = CATALOG_DIR / "gpus.yaml") -> dict[str, GPUSpec]:
     gpus: dict[str, GPUSpec] = {}
     for key, entry in _read_section(path, "gpus").items():
-        _check_fields(path, key, entry, _GPU_FIELDS)
+        _check_fields(path, key, entry, _GPU_FIELDS, _GPU_OPTIONAL)
         _check_aliases(path, key, entry["aliases"])
         gpus[key] = GPUSpec(key=key, **{**entry, "aliases": tuple(entry["aliases"])})
     return gpus
