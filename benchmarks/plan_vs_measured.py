@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.roofline import memory_plan  # noqa: E402
+from backends.sim.roofline import memory_plan  # noqa: E402
 from loadgen.plan.planner import PlanRequest, run_plan  # noqa: E402
 from loadgen.plan.search import PointSize, Slo  # noqa: E402
 from loadgen.plan.space import BLOCK_SIZE, SearchSpace  # noqa: E402

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.roofline import EngineCostParams
-from scenarios.catalog import get_model
+from backends.sim.roofline import EngineCostParams  # noqa: E402
+from scenarios.catalog import get_model  # noqa: E402
 
 H100_FILES = sorted((ROOT / "results").glob("h100-sim-validation*.json"))
 H200_SCORE = ROOT / "results" / "h200-sim-score.json"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.roofline import memory_plan
-from backends.sim import SimConfig
+from backends.sim.config import SimConfig
+from backends.sim.roofline import memory_plan
 from loadgen.errors import LoadgenError
 from loadgen.plan.confidence import INDEX, ValidationIndex
 from loadgen.plan.rank import parse_prices, replicas_for, score, sort_key

@@ -22,7 +22,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_readme_documents_every_command():
     readme = (ROOT / "README.md").read_text()
     for command in ("loadgen run --backend",
-                    "loadgen run", "loadgen sweep", "loadgen scenarios", "loadgen report", "loadgen compare", "loadgen locust",
+                    "loadgen run", "loadgen sweep", "loadgen scenarios", "loadgen report", "loadgen compare", "loadgen locust", "loadgen plan",
                     "python -m training_bench micro", "python -m training_bench pretrain|finetune|sweep",
                     "loadgen make-model", "loadgen engine-wheels",
                     "loadgen serve-sim", "loadgen catalog"):

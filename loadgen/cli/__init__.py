@@ -20,6 +20,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     from loadgen.cli import locust, run, sweep, tools
+    from loadgen.plan.command import add_parser as add_plan_parser
 
     parser = Parser(prog="loadgen", description="Load-test LLM serving: TTFT, TPOT, ITL, E2EL, throughput, goodput.")
     parser.add_argument("--version", action="version", version=f"loadgen (dissect) {TOOL_VERSION}")
@@ -29,6 +30,7 @@ def build_parser() -> Parser:
     sweep.add_sweep_parser(sub)
     tools.add_report_parsers(sub)
     locust.add_locust_parser(sub)
+    add_plan_parser(sub)
     tools.add_utility_parsers(sub)
     return parser
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 
+from loadgen.config import load_scenario
 from loadgen.errors import LoadgenError
 from loadgen.plan.planner import PlanRequest, run_plan
 from loadgen.plan.rank import RANK_KEYS, parse_prices
@@ -16,7 +17,6 @@ from loadgen.plan.space import SearchSpace
 from loadgen.plan.workload import from_dataset, from_distributions, from_scenario
 from loadgen.slo import parse_slo
 from scenarios.catalog import get_gpu, get_model, list_gpus
-from scenarios.scenario import load_scenario
 
 DEFAULT_TP = "1,2,4,8"
 DEFAULT_SEQS = "64,128,256,512"

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
+from loadgen.workload.distributions import LengthDistribution
 
 INDEX = Path(__file__).resolve().parents[2] / "results" / "sim-validation-index.json"
 ERROR_METRICS = ("ttft_p50_ms", "tpot_p50_ms", "output_tok_s")

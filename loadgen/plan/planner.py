@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from backends.sim import SimConfig
+from backends.sim.config import SimConfig
 from loadgen.plan.confidence import Confidence, ValidationIndex
 from loadgen.plan.rank import Scores, replicas_for, score, sort_key
 from loadgen.plan.search import (

@@ -3,7 +3,7 @@
 A point meets the SLO when the chosen percentile of every limited metric is within its limit *and* the engine kept
 up: a rate the engine cannot sustain is infeasible even when the requests of a short point still met the SLO (its
 queue grows without bound; loadgen.pace's verdict, applied to the replay's arrivals and completions). Replays are
-virtual-time (backends.sim_replay.replay), so a point costs milliseconds and every prediction is simulated.
+virtual-time (backends.sim.replay.replay), so a point costs milliseconds and every prediction is simulated.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backends.sim import SimConfig
-from backends.sim_replay import ReplayedRequest, replay
+from backends.sim.config import SimConfig
+from backends.sim.replay import ReplayedRequest, replay
 from loadgen.pace import kept_up
 from loadgen.plan.workload import PlanWorkload
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from backends.roofline import memory_plan
+from backends.sim.roofline import memory_plan
 from scenarios.catalog import GPUSpec, ModelSpec
 
 # One NVLink domain: the roofline's all-reduce model is one node's interconnect; TP across nodes is not modelled.

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loadgen.arrivals import ArrivalProcess
-from loadgen.datasets import load_dataset
-from loadgen.distributions import LengthDistribution
 from loadgen.errors import LoadgenError
+from loadgen.load.arrivals import ArrivalProcess
+from loadgen.workload.datasets import load_dataset
+from loadgen.workload.distributions import LengthDistribution
 from scenarios.scenario import Scenario, find_data_file
 
 
