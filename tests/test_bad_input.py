@@ -110,3 +110,12 @@ def test_other_commands(tmp_path, argv, needle):
     proc = run_loadgen(*argv, *extra, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr
+
+
+@pytest.mark.parametrize("points", [["--qps", "4,4,4"], ["--qps", "0.1,0.1000001"], ["--concurrency", "8,2,8"]])
+def test_repeated_sweep_points_are_refused(tmp_path, points):
+    """Two points of one name share a directory, so the later one's summary would count the earlier's records."""
+    out = tmp_path / "sweep"
+    proc = run_loadgen("sweep", *points, "--num-requests", "1", "--output", str(out))
+    assert proc.returncode == 2 and "sweep points must differ" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -22,6 +22,7 @@ from loadgen.config import (
     add_arguments,
     build_sweep_config,
     given,
+    point_name,
 )
 from loadgen.config.assemble import build_workload, load_plan
 from loadgen.endpoint import open_endpoint
@@ -62,6 +63,17 @@ def point_config(config: RunConfig, qps: float | None, concurrency: int | None, 
     return replace(config, load=load, output=replace(config.output, report=False))  # one report, for the sweep
 
 
+def _new_point_dir(base: Path, name: str) -> Path:
+    """Each point its own directory, never another point's: listed points are checked to differ, and a search
+    whose rates print alike (qps-21 twice, to six digits) gets qps-21-2."""
+    path, n = base / name, 1
+    while path.exists():
+        n += 1
+        path = base / f"{name}-{n}"
+    path.mkdir()
+    return path
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     scenario = scenario_of(args)
     config = run_config(args, scenario)
@@ -100,8 +112,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         later = None if None in rest else sum(rest)
                     print(progress_line(index, None if searching else len(listed), label,
                                         sending_seconds(size, qps), later), file=sys.stderr)
-                run_dir = base / (f"qps-{qps:g}" if qps is not None else f"concurrency-{concurrency}")
-                run_dir.mkdir(exist_ok=True)
+                run_dir = _new_point_dir(base, point_name(qps, concurrency))
                 if size.warning:
                     print(f"warning: {size.warning}", file=sys.stderr)
                 here = point_config(config, qps, concurrency, size)

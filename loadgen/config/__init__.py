@@ -10,7 +10,7 @@ locust beside it, and how flags and scenario files build them.
     assemble.py       what a RunConfig makes: the load plan and the workload
 """
 
-from loadgen.config.commands import LocustConfig, SweepConfig
+from loadgen.config.commands import LocustConfig, SweepConfig, point_name
 from loadgen.config.kinds import ConfigError
 from loadgen.config.run import (
                                 DEFAULT_NUM_REQUESTS,
@@ -29,7 +29,7 @@ from loadgen.config.scenario_file import ScenarioError, list_scenarios, load_sce
 from loadgen.config.sources import add_arguments, build_run_config, build_sweep_config, given, to_flags
 
 __all__ = [
-    "ConfigError", "DEFAULT_NUM_REQUESTS", "DEFAULT_QPS", "LoadConfig", "LocustConfig", "OutputConfig",
+    "ConfigError", "DEFAULT_NUM_REQUESTS", "DEFAULT_QPS", "LoadConfig", "LocustConfig", "point_name", "OutputConfig",
     "RUN_SECTIONS", "RunConfig", "ScenarioError", "SloConfig", "SweepConfig", "TRACE", "TargetConfig",
     "TelemetryConfig", "WorkloadConfig", "add_arguments", "build_run_config", "build_sweep_config", "given",
     "list_scenarios", "load_scenario", "scenario_schema", "to_flags",

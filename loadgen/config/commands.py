@@ -47,6 +47,12 @@ class SweepConfig(Section):
             raise ConfigError("give points to sweep: --qps 1,2,4,8 or --concurrency 1,4,16,64, or --until-slo ttft:1s")
         if not 0 < self.rate_tolerance < 1:
             raise ConfigError("--rate-tolerance must be in (0, 1), e.g. 0.05", "rate_tolerance")
+        names = [point_name(q, c) for q, c in self.points()]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # two points would write one directory: the later summary would include the earlier records
+            raise ConfigError(f"sweep points must differ: {', '.join(repeated)} is given more than once (values that "
+                              "print the same name one directory); drop the repeats",
+                              "qps" if self.qps else "concurrency")
 
     @property
     def until_slo_text(self) -> str | None:
@@ -55,6 +61,11 @@ class SweepConfig(Section):
     def points(self) -> list[tuple[float | None, int | None]]:
         """The listed points as (qps, concurrency), in the order given."""
         return [(float(q), None) for q in self.qps or ()] + [(None, int(c)) for c in self.concurrency or ()]
+
+
+def point_name(qps: float | None, concurrency: int | None) -> str:
+    """A sweep point's directory and its name in messages."""
+    return f"qps-{qps:g}" if qps is not None else f"concurrency-{concurrency}"
 
 
 @dataclass(frozen=True)
