@@ -13,7 +13,7 @@ def _first_line(error: BaseException) -> str:
 
 
 class RunJson:
-    def __init__(self, run_dir: Path, info: dict, workload):
+    def __init__(self, run_dir: Path, info: dict, workload=None):
         self.path, self.workload = run_dir / "run.json", workload
         self.info = {"status": "running", "started_at": utc_now(), "environment": environment(), **info}
         write_json(self.path, self.info)
@@ -27,9 +27,12 @@ class RunJson:
         counts (clipped prompts, reused dataset records) grow as its prompts are made."""
         outcome = result.outcome
         status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
-        self.info.update(status=status, finished_at=utc_now(), stopped_early=outcome.stopped_early,
-                         origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s,
-                         workload=self.workload.describe())
+        self.ended(status, stopped_early=outcome.stopped_early, origin_perf_counter_ns=outcome.origin_ns,
+                   wall_s=outcome.wall_s, workload=self.workload.describe())
+
+    def ended(self, status: str, **fields) -> None:
+        """The run's final status and what is only known at its end (a Locust run's too)."""
+        self.info.update(status=status, finished_at=utc_now(), **fields)
         write_json(self.path, self.info)
 
 

@@ -36,8 +36,8 @@ from loadgen.locust.options import add_locust_options, describe_workload, prompt
 from loadgen.metrics import itl_ms, summarize, tpot_ms, ttft_ms
 from loadgen.outputs.console import SIM_BANNER
 from loadgen.records import RecordWriter, RequestRecord, read_records
-from loadgen.rundir import environment as host_environment  # `environment` is Locust's, below
-from loadgen.rundir import utc_now, write_json
+from loadgen.run_json import RunJson
+from loadgen.rundir import write_json
 from loadgen.workload.prompts import HFTokenizer
 
 RECORDS_MESSAGE = "loadgen_records"
@@ -296,6 +296,16 @@ def _on_test_start(environment, **_kwargs) -> None:
     environment.loadgen_simulated = bool(o.loadgen_simulated) or _answers_as_the_sim(environment.host or o.host)
     if environment.loadgen_simulated:
         log.warning(f"{SIM_BANNER} Target: {environment.host or o.host}")
+    if getattr(environment, "loadgen_writer", None) is not None:  # run.json says "running" from the first request
+        config = run_config(environment)
+        environment.loadgen_run_json = RunJson(Path(o.loadgen_run_dir), {
+            "backend": {"name": "locust", "url": environment.host or o.host,
+                        "simulated": environment.loadgen_simulated},
+            "model": config.target.model, "endpoint": config.target.endpoint or "completions",
+            "scenario": config.scenario_name, "workload": describe_workload(config.workload),
+            "slo_ms": config.slo.limits_ms,
+            "load": {"mode": "closed", "generator": "locust", "users": o.num_users, "spawn_rate": o.spawn_rate,
+                     "run_time": o.run_time}})
 
 
 @events.test_stopping.add_listener
@@ -367,12 +377,7 @@ def _finish(environment) -> None:
     summary["prompt_source"] = state.workload.prompt_source if state else prompt_source(config)
     summary["load_generator"] = "locust"
     write_json(run_dir / "summary.json", summary)
-    write_json(run_dir / "run.json", {
-        "status": "finished", "finished_at": utc_now(), "environment": host_environment(),
-        "backend": {"name": "locust", "url": o.host, "simulated": simulated},
-        "model": config.target.model, "endpoint": config.target.endpoint or "completions",
-        "scenario": config.scenario_name, "workload": describe_workload(config.workload), "slo_ms": config.slo.limits_ms,
-        "load": {"mode": "closed", "generator": "locust", "users": o.num_users, "spawn_rate": o.spawn_rate,
-                 "run_time": o.run_time},
-    })
+    run_json = getattr(environment, "loadgen_run_json", None)
+    if run_json is not None:
+        run_json.ended("finished")
 
