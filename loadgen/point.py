@@ -136,10 +136,11 @@ async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workl
     if settings.report:
         events.subscribe(HtmlReport())  # reads the finished run directory
     outcome = None
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    clock = [time.process_time(), time.perf_counter()]  # reset once the listeners started: the load's own cost
 
     async def start_and_run() -> LoadOutcome:
         await events.started.fire_and_wait()
+        clock[:] = [time.process_time(), time.perf_counter()]
         runner = (ProcessRunner(target, workload, plan, events, workers, settings.tokenizer) if workers > 1
                   else LocalRunner(target, workload, plan, events))
         return await runner.run()
@@ -157,7 +158,7 @@ async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workl
             outcome = LoadOutcome(time.perf_counter_ns(), [], True, 0.0)  # stopped before the clock started
         finally:
             stop.remove()
-            client_cpu = (time.process_time() - cpu0, time.perf_counter() - wall0)
+            client_cpu = (time.process_time() - clock[0], time.perf_counter() - clock[1])
     except BaseException as exc:
         info.failed(exc)
         raise
