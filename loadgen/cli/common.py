@@ -15,6 +15,7 @@ from backends.sim.config import SimConfig
 from loadgen.config import OutputConfig, RunConfig, build_run_config, given, load_scenario
 from loadgen.endpoint import sim_config
 from loadgen.errors import LoadgenError
+from loadgen.listeners.files import write_html_report
 from loadgen.workload.prompts import HFTokenizer
 from scenarios.catalog import CatalogError
 from scenarios.scenario import Scenario
@@ -75,6 +76,4 @@ def print_result(output: OutputConfig, summary: dict, text: str, run_dir: Path) 
 
 def write_report_if_asked(output: OutputConfig, directory: Path) -> None:
     if output.report:
-        from loadgen.outputs.html_report import write_report
-
-        print(f"report: {write_report(directory)}", file=sys.stderr)
+        write_html_report(directory)

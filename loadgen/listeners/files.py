@@ -51,6 +51,11 @@ class HtmlReport:
     matplotlib was checked for before the run started."""
 
     def finished(self, result: RunResult) -> None:
-        from loadgen.outputs.html_report import write_report
+        write_html_report(result.run_dir)
 
-        print(f"report: {write_report(result.run_dir)}", file=sys.stderr)
+
+def write_html_report(directory: Path) -> None:
+    """report.html for a run or a sweep directory, and where it went."""
+    from loadgen.outputs.html_report import write_report
+
+    print(f"report: {write_report(directory)}", file=sys.stderr)
