@@ -188,6 +188,11 @@ def sweep_rows(points: list[dict], slo_fraction: float, tolerance: float) -> lis
     return rows
 
 
+def point_order(point: dict) -> tuple:
+    """Open-loop points by rate, then closed-loop points by users (a sweep may hold both)."""
+    return (point.get("qps") is None, point.get("qps") or 0, point.get("concurrency") or 0)
+
+
 def sweep_table(points: list[dict], simulated: bool, slo_fraction: float, tolerance: float) -> str:
     """The table, then one line per point that fails, saying why."""
     head = "SIMULATED: timings come from dissect's engine model, not from a real GPU.\n" if simulated else ""

@@ -101,7 +101,7 @@ def test_port_in_use(tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     (["sweep"], "give points to sweep"),
     (["sweep", "--qps", "1,x"], "not a valid number"),
-    (["sweep", "--qps", "1,2", "--concurrency", "4"], "not both"),
+    (["sweep", "--qps", "1,2", "--concurrency", "4,4"], "concurrency-4 is given more than once"),
     (["sweep", "--until-slo", "ttft:1s", "--qps", "1,2"], "drop --qps"),
     (["scenarios", "show"], "needs a NAME"),
 ])

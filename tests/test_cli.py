@@ -192,6 +192,22 @@ def test_sweep_table_latency_columns_carry_units(tmp_path):
     assert "point 1/1 (qps 20): sends for about 0 s" in proc.stderr  # each point announces itself and its length
 
 
+def test_one_sweep_runs_open_and_closed_loop_points_against_one_server(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "s"
+    proc = run_loadgen("sweep", "--concurrency", "2", "--qps", "20,10", "--num-requests", "6", "--input-len", "16",
+                       "--output-len", "4", "--report", "--output", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [p["label"] for p in sweep["points"]] == ["qps 20", "qps 10", "concurrency 2"]  # open loops first
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "plots") == [
+        "concurrency-2", "qps-10", "qps-20"]
+    assert json.loads((out / "concurrency-2" / "run.json").read_text())["load"]["concurrency"] == 2
+    rows = [line.split()[0:2] for line in proc.stdout.splitlines() if line.startswith(("qps", "concurrency"))]
+    assert rows == [["qps", "10"], ["qps", "20"], ["concurrency", "2"]]  # the table: by rate, then by users
+    assert (out / "report.html").stat().st_size > 0 and (out / "plots" / "throughput.png").exists()
+
+
 def test_report_without_matplotlib_fails_before_the_run(tmp_path):
     hide = tmp_path / "hide"
     hide.mkdir()

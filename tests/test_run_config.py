@@ -128,8 +128,12 @@ def test_sweep_points_are_copies_of_the_run_config_with_their_load():
     sweep = build_sweep_config({}, scenario)
     assert sweep.points() == [(1.0, None), (2.0, None), (4.0, None), (8.0, None), (16.0, None)]
     assert build_sweep_config({"sweep.concurrency": "2,4"}, scenario).points() == [(None, 2), (None, 4)]
-    with pytest.raises(ConfigError, match="not both"):
-        build_sweep_config({"sweep.qps": "1", "sweep.concurrency": "2"})
+    # both kinds in one sweep (one launch of the server): open-loop points first, then closed-loop ones
+    assert build_sweep_config({"sweep.qps": "4,1", "sweep.concurrency": "8,2"}).points() == [
+        (4.0, None), (1.0, None), (None, 8), (None, 2)]
+    with pytest.raises(ConfigError, match="concurrency-2 is given more than once") as repeat:
+        build_sweep_config({"sweep.qps": "1", "sweep.concurrency": "2,2"})
+    assert repeat.value.field == "concurrency"
     config = build_run_config({}, scenario)
     point = point_config(config, None, 4, PointSize(None, 35.0, 4))
     plan = load_plan(point)

@@ -32,6 +32,7 @@ from loadgen.rundir import create_run_dir, slug, write_json
 from loadgen.sweep import (
     PointSize,
     find_max_rate,
+    point_order,
     point_size,
     progress_line,
     saturation,
@@ -156,7 +157,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep interrupted after {len(points)} point(s); results in {base}", file=sys.stderr)
         return 130
     simulated = bool(json.loads((base / "sweep.json").read_text()).get("simulated")) if points else prepared.sim is not None
-    text = sweep_table(sorted(points, key=lambda p: (p["qps"] or 0, p["concurrency"] or 0)), simulated,
+    text = sweep_table(sorted(points, key=point_order), simulated,
                        sweep.slo_fraction, sweep.rate_tolerance)
     if search is not None:
         text += "\n\n" + saturation_text(search, search["slo"], sweep.slo_fraction, sweep.rate_tolerance)

@@ -41,8 +41,6 @@ class SweepConfig(Section):
                 raise ConfigError("--until-slo searches QPS itself; drop --qps/--concurrency points")
             if not 0 < self.slo_fraction <= 1:
                 raise ConfigError("--slo-fraction must be in (0, 1], e.g. 0.9", "slo_fraction")
-        elif self.qps and self.concurrency:
-            raise ConfigError("sweep --qps points or --concurrency points, not both")
         elif not self.qps and not self.concurrency:
             raise ConfigError("give points to sweep: --qps 1,2,4,8 or --concurrency 1,4,16,64, or --until-slo ttft:1s")
         if not 0 < self.rate_tolerance < 1:
@@ -52,14 +50,15 @@ class SweepConfig(Section):
         if repeated:  # two points would write one directory: the later summary would include the earlier records
             raise ConfigError(f"sweep points must differ: {', '.join(repeated)} is given more than once (values that "
                               "print the same name one directory); drop the repeats",
-                              "qps" if self.qps else "concurrency")
+                              "qps" if repeated[0].startswith("qps") else "concurrency")
 
     @property
     def until_slo_text(self) -> str | None:
         return k.show_slo(self.until_slo) if self.until_slo else None
 
     def points(self) -> list[tuple[float | None, int | None]]:
-        """The listed points as (qps, concurrency), in the order given."""
+        """The listed points as (qps, concurrency): the open-loop points, then the closed-loop ones, each in the
+        order given. Both kinds in one sweep share one launch of the server (the paper's matrix has both)."""
         return [(float(q), None) for q in self.qps or ()] + [(None, int(c)) for c in self.concurrency or ()]
 
 

@@ -73,8 +73,6 @@ def load_scenario(name_or_path: str) -> Scenario:
             spec.kind.read(value, flag_of(name, spec))
         except LoadgenError as exc:
             raise ScenarioError(f"{where}: field '{key}': {exc}") from None
-    if len(scenario.section("load_points")) > 1:
-        raise ScenarioError(f"{where}: 'load_points' takes qps or concurrency, not both")
     return scenario
 
 

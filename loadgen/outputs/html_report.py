@@ -191,42 +191,46 @@ def _with_pace(sweep_dir: Path, point: dict) -> dict:
 
 
 def sweep_report(sweep_dir: Path, sweep: dict) -> str:
-    from loadgen.sweep import SWEEP_HEADERS, sweep_rows
+    from loadgen.sweep import SWEEP_HEADERS, point_order, sweep_rows
 
     sim = bool(sweep.get("simulated"))
     fraction, tolerance = sweep.get("slo_fraction", 0.9), sweep.get("rate_tolerance", RATE_TOLERANCE)
-    points = sorted((_with_pace(sweep_dir, p) for p in sweep["points"]),
-                    key=lambda p: (p.get("qps") or 0, p.get("concurrency") or 0))
+    points = sorted((_with_pace(sweep_dir, p) for p in sweep["points"]), key=point_order)
     verdicts = [judge(p, fraction, tolerance) for p in points]
-    by_qps = all(p.get("qps") is not None for p in points)
-    x = [p["qps"] if by_qps else p["concurrency"] for p in points]
+    # the load axis is the open-loop rate when the sweep has open-loop points (closed-loop points of a mixed sweep
+    # are in the table and the throughput-axis plots), else the number of users
+    by_qps = any(p.get("qps") is not None for p in points)
+    on_axis = [(p, v) for p, v in zip(points, verdicts) if (p.get("qps") is not None) == by_qps]
+    x = [p["qps"] if by_qps else p["concurrency"] for p, _ in on_axis]
     xlabel = "offered load (requests/s)" if by_qps else "concurrency (users)"
     search = sweep.get("search") or {}
     mark = search.get("highest_meeting")
     if mark is None:
-        meeting = [xv for xv, v in zip(x, verdicts) if v.meets]
-        mark = max(meeting) if meeting and len(meeting) < len(points) else None
+        meeting = [xv for xv, (_, v) in zip(x, on_axis) if v.meets]
+        mark = max(meeting) if meeting and len(meeting) < len(on_axis) else None
     label = "saturation" if mark is not None else ""
     plot_dir = sweep_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
     tput = [p["throughput"]["output_tokens_per_s"] for p in points]
+    tput_on_axis = [p["throughput"]["output_tokens_per_s"] for p, _ in on_axis]
 
     def pct(metric: str, q: str) -> list:
         return [(p.get(metric) or {}).get(q) for p in points]
 
     figs = [
-        _img(plots.sweep_curves(x, {"output tok/s": tput}, xlabel, "output tokens/s", "Throughput vs load", sim,
-                                mark, label), "Throughput vs load", plot_dir / "throughput.png"),
+        _img(plots.sweep_curves(x, {"output tok/s": tput_on_axis}, xlabel, "output tokens/s", "Throughput vs load",
+                                sim, mark, label), "Throughput vs load", plot_dir / "throughput.png"),
         _img(plots.sweep_curves(tput, {"TTFT p50": pct("ttft_ms", "p50"), "TTFT p99": pct("ttft_ms", "p99")},
                                 "output tokens/s", "ms", "TTFT vs throughput", sim), "TTFT vs throughput",
              plot_dir / "ttft_throughput.png"),
         _img(plots.sweep_curves(tput, {"TPOT p50": pct("tpot_ms", "p50"), "TPOT p99": pct("tpot_ms", "p99")},
                                 "output tokens/s", "ms", "TPOT vs throughput", sim), "TPOT vs throughput",
              plot_dir / "tpot_throughput.png"),
-        _img(plots.sweep_curves(x, {"goodput req/s": [(p.get("goodput") or {}).get("requests_per_s") for p in points],
-                                    "achieved req/s": [p["throughput"]["requests_per_s"] for p in points]},
+        _img(plots.sweep_curves(x, {"goodput req/s": [(p.get("goodput") or {}).get("requests_per_s")
+                                                      for p, _ in on_axis],
+                                    "achieved req/s": [p["throughput"]["requests_per_s"] for p, _ in on_axis]},
                                 xlabel, "requests/s", "Goodput vs load", sim, mark, label,
-                                failing=[not v.meets for v in verdicts]),
+                                failing=[not v.meets for _, v in on_axis]),
              "Goodput vs load (crossed: the point fails the SLO, the server falling behind included)",
              plot_dir / "goodput.png"),
     ]
