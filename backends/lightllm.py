@@ -12,6 +12,8 @@ Its chat route has no ignore_eos, so only the native and completions endpoints c
 
 from __future__ import annotations
 
+import sys
+
 from backends.launch_spec import LaunchRequest, LaunchSpec, docker_argv
 
 IMAGE = "ghcr.io/modeltc/lightllm:main"
@@ -29,7 +31,7 @@ def launch(req: LaunchRequest) -> LaunchSpec:
         argv += ["--model_dir", model, "--host", "0.0.0.0", "--port", "8000", *opts, *req.engine_args]
         version_argv: tuple[str, ...] = ()
     else:
-        exe = list(req.engine_cmd) or ["python"]
+        exe = list(req.engine_cmd) or [sys.executable]  # the Python running loadgen: `python` may not exist
         argv = [*exe, "-m", MODULE, "--model_dir", model, "--host", req.host, "--port", str(req.port), *opts,
                 *req.engine_args]
         version_argv = (*exe, "-c", _VERSION)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from backends.launch_spec import LaunchRequest, LaunchSpec, docker_argv
 
 IMAGE = "lmsysorg/sglang:latest"
@@ -16,7 +18,7 @@ def launch(req: LaunchRequest) -> LaunchSpec:
         argv, model = docker_argv(IMAGE, req, 30000, [], shm="32g", entry=["python3", "-m", "sglang.launch_server"])
         argv += ["--model-path", model, "--host", "0.0.0.0", "--port", "30000", *opts, *req.engine_args]
     else:
-        exe = list(req.engine_cmd) or ["python"]
+        exe = list(req.engine_cmd) or [sys.executable]  # the Python running loadgen: `python` may not exist
         argv = [*exe, "-m", "sglang.launch_server", "--model-path", model, "--host", req.host,
                 "--port", str(req.port), *opts, *req.engine_args]
     return LaunchSpec("sglang", argv, {}, req.host, req.port, "/health", "/metrics", "completions",

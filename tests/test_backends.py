@@ -23,7 +23,8 @@ TP_FLAG = {"vllm": "--tensor-parallel-size", "tgi": "--num-shard", "trtllm": "--
            "sglang": "--tp"}
 MODEL_FLAG = {"vllm": None, "tgi": "--model-id", "trtllm": None, "lightllm": "--model_dir", "sglang": "--model-path"}
 EXECUTABLE = {"vllm": ["vllm", "serve"], "tgi": ["text-generation-launcher"], "trtllm": ["trtllm-serve"],
-              "lightllm": ["python", "-m", "lightllm.server.api_server"], "sglang": ["python", "-m", "sglang.launch_server"]}
+              "lightllm": [sys.executable, "-m", "lightllm.server.api_server"],
+              "sglang": [sys.executable, "-m", "sglang.launch_server"]}
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
@@ -66,8 +67,15 @@ def test_dry_run_prints_the_command_and_starts_nothing(tmp_path):
     proc = run_loadgen("run", "--backend", "sglang", "--model", "8b", "--gpus", "2", "--dry-run",
                        "--engine-arg=--mem-fraction-static=0.8")
     assert proc.returncode == 0, proc.stderr
-    assert "python -m sglang.launch_server --model-path meta-llama/Meta-Llama-3-8B" in proc.stdout
+    assert f"{sys.executable} -m sglang.launch_server --model-path meta-llama/Meta-Llama-3-8B" in proc.stdout
     assert "--tp 2" in proc.stdout and "--mem-fraction-static=0.8" in proc.stdout
+    sweep = tmp_path / "sweep"
+    proc = run_loadgen("sweep", "--backend", "lightllm", "--model", "7b", "--qps", "4", "--concurrency", "8",
+                       "--dry-run", "--output", str(sweep))
+    assert proc.returncode == 0, proc.stderr
+    assert "-m lightllm.server.api_server --model_dir meta-llama/Llama-2-7b-hf" in proc.stdout
+    assert "# point qps-4: sends for about 35 s" in proc.stdout and "# point concurrency-8" in proc.stdout
+    assert not sweep.exists()  # nothing launched, nothing written
     bad = run_loadgen("run", "--backend", "tgi", "--model", "7b", "--endpoint", "completions", "--dry-run")
     assert bad.returncode == 2 and "tgi speaks tgi, chat" in bad.stderr
 

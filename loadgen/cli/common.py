@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from backends.errors import BackendError
+from backends.registry import FRAMEWORKS
+from backends.sim import command as sim_backend
 from backends.sim.config import SimConfig
 from loadgen.config import OutputConfig, RunConfig, build_run_config, given, load_scenario
-from loadgen.endpoint import sim_config
+from loadgen.endpoint import endpoint_name, launch_spec, sim_config
 from loadgen.errors import LoadgenError
 from loadgen.listeners.files import write_html_report
 from loadgen.workload.prompts import HFTokenizer
@@ -77,3 +80,27 @@ def print_result(output: OutputConfig, summary: dict, text: str, run_dir: Path) 
 def write_report_if_asked(output: OutputConfig, directory: Path) -> None:
     if output.report:
         write_html_report(directory)
+
+
+def print_launch(prepared: Prepared) -> int:
+    """--dry-run: the exact launch command and environment (or what would be attached to); starts nothing."""
+    target = prepared.config.target
+    if target.backend in FRAMEWORKS:
+        if target.url:
+            print(f"# attach to {target.url}: nothing would be launched")
+            return 0
+        spec = launch_spec(target, prepared.config.workload.max_context, target.port or 8000)
+        endpoint = endpoint_name(target, spec)
+        for key, value in spec.env.items():
+            print(f"export {key}={shlex.quote(value)}")
+        print(shlex.join(spec.argv))
+        print(f"# ready when GET {spec.url}{spec.ready_path} answers 200; metrics: "
+              f"{spec.metrics_path or 'none'}; endpoint: {endpoint}; weights: {spec.weights}")
+        return 0
+    sim = prepared.sim
+    if sim is not None:
+        print(shlex.join(sim_backend.launch_argv(sim.model.name, sim.gpu.key, sim.tp, "127.0.0.1", target.port or 8000,
+                                                 sim.profile.path if sim.profile else None)))
+        return 0
+    print(f"# attach to {target.url}: nothing would be launched")
+    return 0

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 from backends import eventloop
-from backends.registry import FRAMEWORKS
-from backends.sim import command as sim_backend
-from loadgen.cli.common import USER_ERRORS, Prepared, prepare, print_result, run_config
+from loadgen.cli.common import USER_ERRORS, prepare, print_launch, print_result, run_config
 from loadgen.config import RUN_SECTIONS, add_arguments
 from loadgen.config.assemble import build_workload, load_plan
-from loadgen.endpoint import endpoint_name, launch_spec, open_endpoint
+from loadgen.endpoint import open_endpoint
 from loadgen.outputs.console import format_summary
 from loadgen.point import record_failed_start, run_point
 from loadgen.rundir import create_run_dir
@@ -31,7 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = prepared.config
     plan = load_plan(config)
     if config.target.dry_run:
-        return dry_run(prepared)
+        return print_launch(prepared)
     run_dir = create_run_dir(config.output.dir, config.target.backend, prepared.model_label)
 
     async def go():
@@ -50,26 +47,3 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 130 if interrupted else 0
-
-
-def dry_run(prepared: Prepared) -> int:
-    target = prepared.config.target
-    if target.backend in FRAMEWORKS:
-        if target.url:
-            print(f"# attach to {target.url}: nothing would be launched")
-            return 0
-        spec = launch_spec(target, prepared.config.workload.max_context, target.port or 8000)
-        endpoint = endpoint_name(target, spec)
-        for key, value in spec.env.items():
-            print(f"export {key}={shlex.quote(value)}")
-        print(shlex.join(spec.argv))
-        print(f"# ready when GET {spec.url}{spec.ready_path} answers 200; metrics: "
-              f"{spec.metrics_path or 'none'}; endpoint: {endpoint}; weights: {spec.weights}")
-        return 0
-    sim = prepared.sim
-    if sim is not None:
-        print(shlex.join(sim_backend.launch_argv(sim.model.name, sim.gpu.key, sim.tp, "127.0.0.1", target.port or 8000,
-                                                 sim.profile.path if sim.profile else None)))
-        return 0
-    print(f"# attach to {target.url}: nothing would be launched")
-    return 0

@@ -11,7 +11,16 @@ from datetime import datetime
 from pathlib import Path
 
 from backends import eventloop
-from loadgen.cli.common import USER_ERRORS, prepare, print_result, run_config, scenario_of, write_report_if_asked
+from loadgen.cli.common import (
+    USER_ERRORS,
+    Prepared,
+    prepare,
+    print_launch,
+    print_result,
+    run_config,
+    scenario_of,
+    write_report_if_asked,
+)
 from loadgen.config import (
     RUN_SECTIONS,
     TRACE,
@@ -75,6 +84,23 @@ def _new_point_dir(base: Path, name: str) -> Path:
     return path
 
 
+def _dry_run(prepared: Prepared, sweep: SweepConfig) -> int:
+    """What `--dry-run` promises: the launch command, and the points with their sizes; nothing starts, nothing is
+    written."""
+    print_launch(prepared)
+    load = prepared.config.load
+    if sweep.until_slo:
+        print(f"# search: the highest QPS meeting {sweep.until_slo_text}, from {sweep.start_qps:g} req/s up to "
+              f"{sweep.max_qps:g}")
+        return 0
+    for qps, concurrency in sweep.points():
+        size = point_size(qps, concurrency, load.num_requests, load.duration, load.warmup)
+        seconds = sending_seconds(size, qps)
+        print(f"# point {point_name(qps, concurrency)}: " + (f"sends for about {seconds:.0f} s" if seconds is not None
+                                                             else f"{size.num_requests} requests, closed loop"))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     scenario = scenario_of(args)
     config = run_config(args, scenario)
@@ -84,6 +110,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if config.load.arrival == TRACE:
         raise ConfigError("a sweep varies QPS or concurrency; --arrival trace replays fixed times (use loadgen run)")
     prepared = prepare(config)
+    if config.target.dry_run:
+        return _dry_run(prepared, sweep)
     backend, model_label = config.target.backend, prepared.model_label
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = create_run_dir(config.output.dir or f"results/{stamp}-sweep-{slug(backend)}-{slug(Path(model_label).name)}",
