@@ -97,6 +97,9 @@ class GPUSpec:
     # An EXAMPLE rental price in US dollars per GPU-hour, for `loadgen plan`'s cost column when no --gpu-price is
     # given; not a quote (prices vary by provider, region and commitment).
     example_price_per_gpu_hour: float | None = None
+    # Dense FP8 tensor-core peak (FP32 accumulate) where the GPU has FP8 tensor cores: the ceiling an FP8 training
+    # run's utilisation is also stated against (its MFU is stated against the bf16 peak first, comparable to bf16 rows).
+    peak_fp8_tflops: float | None = None
 
     @property
     def peak_flops(self) -> float:
@@ -141,7 +144,8 @@ _GPU_FIELDS: dict[str, type | tuple[type, ...]] = {
     "interconnect": str,
     "interconnect_gbs": (int, float),
 }
-_GPU_OPTIONAL: dict[str, type | tuple[type, ...]] = {"example_price_per_gpu_hour": (int, float)}
+_GPU_OPTIONAL: dict[str, type | tuple[type, ...]] = {"example_price_per_gpu_hour": (int, float),
+                                                     "peak_fp8_tflops": (int, float)}
 
 
 def _check_fields(path: Path, key: str, entry: Any, fields: dict[str, type | tuple[type, ...]],

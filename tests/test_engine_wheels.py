@@ -94,3 +94,49 @@ def test_local_path_errors_are_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_loadgen("engine-wheels", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "setup.py" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_imports_finds_what_an_engine_imports_late_and_the_target_lacks(tmp_path):
+    """The LightLLM run that never became ready: every module-level import succeeded, and `import interegular`
+    inside a function (in a try that raises again) failed at the first request, its own health check."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    engine = tmp_path / "engine"
+    (engine / "eng").mkdir(parents=True)
+    (engine / "eng" / "__init__.py").write_text("import os\nimport numpy\nfrom eng import sub\n")
+    (engine / "eng" / "sub.py").write_text(
+        "def parse(c):\n"
+        "    try:\n"
+        "        import interegular\n"
+        "    except Exception as e:\n"
+        "        raise ValueError(str(e))\n"
+        "try:\n"
+        "    import sgl_kernel\n"
+        "except ImportError:\n"
+        "    sgl_kernel = None\n"
+        "def late():\n"
+        "    import zmq, carried_mod\n"
+        "    from yaml import safe_load\n"
+        "    import vllm_thing\n")
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("numpy==2.5.2\npyzmq==27.0.0\nPyYAML==6.0.3\n"
+                      "vllm-thing @ file:///tmp/stage/vllm_thing-1.0-py3-none-any.whl\n")  # carried, not the image's
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    import zipfile
+
+    with zipfile.ZipFile(carried / "carried_mod-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("carried_mod/__init__.py", "")
+        z.writestr("carried_mod-1.0.dist-info/METADATA", "Name: carried-mod\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "missing_imports.py"), str(engine),
+                           "--have", str(freeze), "--carried", str(carried)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1, proc.stderr  # something required is missing
+    required, optional = proc.stdout.split("optional")
+    assert "interegular" in required and "vllm_thing" in required  # re-raised; on the freeze only as carried
+    assert "sgl_kernel" in optional and "sgl_kernel" not in required
+    for present in ("numpy", "zmq", "yaml", "carried_mod", " os ", " eng "):
+        assert present not in proc.stdout

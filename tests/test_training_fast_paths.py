@@ -383,3 +383,21 @@ def test_fast_paths_train_on_gpu(tmp_path, args, check):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert check(r["applied"]) and r["throughput"]["tokens_per_s"] > 0 and r["memory"]["peak_bytes"] > 0
+
+
+def test_mfu_is_stated_against_the_bf16_peak_and_an_fp8_run_also_against_the_fp8_peak():
+    from training_bench.train import mfu_figures
+
+    h200 = get_gpu("h200")
+    bf16 = mfu_figures(494.5, h200, "bf16")
+    assert bf16["value"] == pytest.approx(0.5) and bf16["basis"] == "bf16" and "of_fp8_peak" not in bf16
+    fp8 = mfu_figures(791.2, h200, "fp8")  # what an H200 run measured: 80% of 989, 40% of 1979
+    assert fp8["value"] == pytest.approx(0.8) and fp8["of_fp8_peak"] == pytest.approx(791.2 / 1979)
+    assert mfu_figures(100.0, get_gpu("a100-80g"), "fp8").get("of_fp8_peak") is None  # no FP8 tensor cores
+    assert mfu_figures(100.0, None, "bf16") is None
+    row = Row("precision=fp8", {"config": {"method": "full", "model": "7b", "layers": 8, "precision": "fp8"},
+                                "model": {"name": "llama-2-7b", "layers": 8, "full_layers": 32,
+                                          "truncated": True},
+                                "throughput": {"tokens_per_s": 68369.0}, "memory": {"peak_bytes": 2**30},
+                                "mfu": fp8, "device": "NVIDIA H200"})
+    assert "MFU 80.0% of the bf16 peak (40.0% of the fp8 peak)" in describe(row, h200)

@@ -80,7 +80,9 @@ def describe(row: Row, gpu: GPUSpec | None) -> str:
     r = row.result
     method, model, layers = row.group
     depth = f"{layers} of {r['model']['full_layers']} layers" if r["model"]["truncated"] else f"{layers} layers"
-    mfu = f", MFU {r['mfu']['value']:.1%}" if r.get("mfu") else ""
+    mfu = f", MFU {r['mfu']['value']:.1%} of the bf16 peak" if r.get("mfu") else ""
+    if r.get("mfu") and "of_fp8_peak" in r["mfu"]:
+        mfu += f" ({r['mfu']['of_fp8_peak']:.1%} of the fp8 peak)"
     peak = row.peak_bytes
     mem = "" if peak is None else f", peak {peak / 2**30:.1f} GiB" + (f" of {gpu.memory_gib:g}" if gpu else "")
     where = gpu.key if gpu else r.get("device", "this device")

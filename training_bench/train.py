@@ -272,8 +272,7 @@ def run_training(cfg: TrainConfig, progress=None) -> dict:
         "throughput": {"tokens_per_s_per_gpu": per_gpu_tps, "tokens_per_s": total_tps,
                        "samples_per_s": total_tps / cfg.seq_len},
         "flops": {"per_token": flops_per_token, "formula": formula, "model_tflops_per_gpu": tflops},
-        "mfu": ({"value": tflops / gpu.peak_bf16_tflops, "peak_tflops": gpu.peak_bf16_tflops, "gpu": gpu.key,
-                 "peak_source": "catalog (vendor dense bf16 peak)"} if gpu else None),
+        "mfu": mfu_figures(tflops, gpu, applied.get("precision")),
         "memory": memory,
         "applied": applied,
         "fit_check": fit,
@@ -301,3 +300,15 @@ def _oom_message(spec, cfg: TrainConfig, where: str) -> str:
     return (f"out of memory during {where} ({spec.name}, {spec.num_layers} layers, micro-batch {cfg.micro_batch} "
             f"x {cfg.seq_len}); estimate in GiB: {parts}, total {sum(est.values()):.1f}. Try --layers N, "
             "--recompute full, a smaller --micro-batch, or --zero 3 --offload optimizer")
+
+
+def mfu_figures(tflops: float, gpu, precision: str | None) -> dict | None:
+    """Model FLOP utilisation against the catalog's dense bf16 peak, so rows of every precision compare; an FP8 run
+    also states it against the FP8 peak (twice the bf16 one on Hopper), which is the ceiling it runs under."""
+    if gpu is None:
+        return None
+    out = {"value": tflops / gpu.peak_bf16_tflops, "peak_tflops": gpu.peak_bf16_tflops, "gpu": gpu.key,
+           "basis": "bf16", "peak_source": "catalog (vendor dense bf16 peak)"}
+    if precision == "fp8" and gpu.peak_fp8_tflops:
+        out.update(fp8_peak_tflops=gpu.peak_fp8_tflops, of_fp8_peak=tflops / gpu.peak_fp8_tflops)
+    return out

@@ -132,7 +132,9 @@ def format_result(r: dict) -> str:
         ["samples/s", f"{t['samples_per_s']:.2f}"],
         (["model TFLOP/s per rank", f"{f['model_tflops_per_gpu']:.1f}"] if f["model_tflops_per_gpu"] >= 1 else
          ["model GFLOP/s per rank", f"{f['model_tflops_per_gpu'] * 1e3:.2f}"]),
-        ["MFU", f"{mfu['value']:.1%} of {mfu['peak_tflops']:g} ({mfu['gpu']})" if mfu else "- (no catalog GPU)"],
+        ["MFU", (f"{mfu['value']:.1%} of the {mfu['peak_tflops']:g} TFLOP/s bf16 peak ({mfu['gpu']})"
+                 + (f"; {mfu['of_fp8_peak']:.1%} of its {mfu['fp8_peak_tflops']:g} fp8 peak" if "of_fp8_peak" in mfu
+                    else "")) if mfu else "- (no catalog GPU)"],
         ["step ms (median)", f"{r['steps']['step_ms_median']:.1f}"],
         *[[f"  {k} ms", f"{v:.1f}"] for k, v in r["phases_ms_median"].items()],
         ["peak memory GiB", gib(mem.get("peak_bytes"))],
@@ -339,7 +341,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      f"{r['mfu']['value']:.1%}" if r["mfu"] else "-", f"{r['steps']['step_ms_median']:.1f}",
                      f"{rel_t:.2f}x", "-" if peak is None else f"{peak / 2**30:.2f}",
                      "-" if rel_m is None else f"{rel_m:.2f}x", describe_applied(r)])
-    print(tabulate(rows, headers=["configuration", "tok/s", "TFLOP/s", "MFU", "step ms", "time vs first",
+    print(tabulate(rows, headers=["configuration", "tok/s", "TFLOP/s", "MFU (bf16 peak)", "step ms", "time vs first",
                                   "peak GiB", "memory vs first", "what it ran"], disable_numparse=True))
     measured = [Row(p["label"], p["result"]) for p in points if p["result"]]
     here = gpu or (gpu_for_device(base["device"]) if base and device_type == "cuda" else None)
