@@ -10,6 +10,7 @@ import pytest
 from scenarios.catalog import get_model
 from tests.conftest import ROOT
 from training_bench.flops import training_flops_per_token
+from training_bench.train_cli import describe_applied
 from training_bench.train_config import TrainConfig, memory_estimate_gib
 
 torch = pytest.importorskip("torch")
@@ -74,6 +75,17 @@ def test_lora_trains_only_the_adapters_and_recompute_runs(tmp_path):
     assert r["config"]["recompute"] == "full" and r["flops"]["formula"].startswith("4*N")
     # peft keeps adapter weights (so their gradients) in fp32 on a bf16 base
     assert r["memory"]["gradients_bytes"] == r["model"]["trainable_parameters"] * 4
+
+
+def test_lora_adapters_in_the_base_dtype_on_request(tmp_path):
+    """PEFT upcasts adapters of a bf16 base to fp32 and casts each adapter's input to fp32: on the H200 a LoRA step
+    of the 7B shape took longer than a full-training step of the same path. --lora-dtype bf16 keeps them bf16."""
+    wide = run_json(tmp_path, "finetune", "--method", "lora", "--rank", "4", "--precision", "bf16")
+    assert wide["applied"]["lora_dtype"] == "float32" and "LoRA adapters float32" in describe_applied(wide)
+    narrow = run_json(tmp_path, "finetune", "--method", "lora", "--rank", "4", "--precision", "bf16",
+                      "--lora-dtype", "bf16")
+    assert narrow["applied"]["lora_dtype"] == "bfloat16" and narrow["config"]["lora_dtype"] == "bf16"
+    assert narrow["memory"]["gradients_bytes"] == narrow["model"]["trainable_parameters"] * 2
 
 
 def test_recompute_gives_the_same_gradients():

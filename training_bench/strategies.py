@@ -68,7 +68,7 @@ def apply_lora(model, cfg: TrainConfig):
 
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=cfg.lora_dtype == "fp32")
 
 
 def max_over_ranks(value: float, device) -> float:

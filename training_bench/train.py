@@ -125,6 +125,8 @@ def run_training(cfg: TrainConfig, progress=None) -> dict:
             applied["kernels"] = fast_paths.apply_kernels(model, cfg.kernels)
             if cfg.method in ("lora", "qlora"):
                 model = apply_lora(model, cfg)
+                applied["lora_dtype"] = str(next(p.dtype for n, p in model.named_parameters()
+                                                 if "lora_" in n)).removeprefix("torch.")
             if cfg.recompute == "full":
                 enable_recompute(model)
         model.train()

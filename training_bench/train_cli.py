@@ -29,7 +29,7 @@ def _on_off(value: str) -> bool:
 
 VARY_KEYS = {"recompute": str, "attn": str, "micro_batch": int, "seq_len": int, "layers": int, "method": str,
              "optimizer": str, "zero": int, "offload": str, "precision": str, "grad_accum": int, "lora_rank": int,
-             "strategy": str, "compile": _on_off, "compile_scope": str, "kernels": str, "engine": str, "tp": int}
+             "lora_dtype": str, "strategy": str, "compile": _on_off, "compile_scope": str, "kernels": str, "engine": str, "tp": int}
 
 
 def add_output_argument(group, help_text: str) -> None:
@@ -46,6 +46,9 @@ def add_train_arguments(p: argparse.ArgumentParser, finetune: bool) -> None:
         m.add_argument("--method", choices=["lora", "qlora", "full"], default="lora", help="default lora")
         m.add_argument("--rank", dest="lora_rank", type=int, default=16, help="LoRA rank (default 16)")
         m.add_argument("--alpha", dest="lora_alpha", type=int, default=32, help="LoRA alpha (default 32)")
+        m.add_argument("--lora-dtype", choices=["fp32", "bf16"], default="fp32",
+                       help="LoRA adapter weights: fp32 (default, PEFT's: each adapter's input is cast to fp32) or "
+                            "bf16 (the base model's dtype, no casts)")
         m.add_argument("--targets", default=",".join(LORA_TARGETS),
                        help="LoRA target modules (default: every linear layer of the decoder)")
         m.add_argument("--bits", type=int, default=4, help="QLoRA base precision (4: NF4)")
@@ -96,6 +99,7 @@ def config_from_args(args: argparse.Namespace, method: str | None = None) -> Tra
         kernels=args.kernels, compile_scope=args.compile_scope, engine=args.engine, tp=args.tp,
         skip_fit_check=args.skip_fit_check,
         lora_rank=getattr(args, "lora_rank", 16), lora_alpha=getattr(args, "lora_alpha", 32),
+        lora_dtype=getattr(args, "lora_dtype", "fp32"),
         lora_targets=tuple(t for t in getattr(args, "targets", ",".join(LORA_TARGETS)).split(",") if t),
         bits=getattr(args, "bits", 4))
 
@@ -157,6 +161,8 @@ def describe_applied(r: dict) -> str:
         parts.append("liger " + "+".join(a["kernels"]))
     if a.get("fp8_linears"):
         parts.append(f"fp8 on {a['fp8_linears']} linears (torchao)")
+    if a.get("lora_dtype"):
+        parts.append(f"LoRA adapters {a['lora_dtype']}")
     parts.append(f"compiled ({a['compile']})" if a.get("compile") else "eager")
     return ", ".join(parts)
 
@@ -225,7 +231,8 @@ def _argv_for(args: argparse.Namespace, combo: dict) -> list[str]:
     method = combo.get("method", args.method)
     cmd = ["pretrain" if method == "full" else "finetune"]
     if method != "full":
-        cmd += ["--method", method, "--rank", str(combo.get("lora_rank", args.lora_rank))]
+        cmd += ["--method", method, "--rank", str(combo.get("lora_rank", args.lora_rank)),
+                "--lora-dtype", combo.get("lora_dtype", args.lora_dtype)]
     flags = {k: getattr(args, k) for k in FLAG_KEYS}
     for key, value in {**flags, **{k: v for k, v in combo.items() if k in flags}}.items():
         if value is not None:

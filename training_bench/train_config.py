@@ -49,6 +49,9 @@ class TrainConfig:
     compile: bool = False
     lora_rank: int = 16
     lora_alpha: int = 32
+    # fp32: PEFT's default (autocast_adapter_dtype), adapters upcast from a bf16 base, every LoRA input cast to
+    # fp32 in the forward; bf16: adapters in the base's dtype (no casts)
+    lora_dtype: str = "fp32"
     lora_targets: tuple[str, ...] = LORA_TARGETS
     bits: int = 4
     device: str = "auto"
