@@ -401,3 +401,14 @@ def test_mfu_is_stated_against_the_bf16_peak_and_an_fp8_run_also_against_the_fp8
                                 "throughput": {"tokens_per_s": 68369.0}, "memory": {"peak_bytes": 2**30},
                                 "mfu": fp8, "device": "NVIDIA H200"})
     assert "MFU 80.0% of the bf16 peak (40.0% of the fp8 peak)" in describe(row, h200)
+
+
+def test_recommendation_from_several_measured_files():
+    """The H200 full-depth rows are in two files (two device calls): --from takes both."""
+    a, b = (str(ROOT / "results" / f"h200-training-7b-full-{x}.json") for x in "ab")
+    one = bench("sweep", "--from", a)
+    assert one.returncode == 0 and "full llama-2-7b (32 layers) on NVIDIA H200: precision=bf16" in one.stdout
+    both = bench("sweep", "--from", a, "--from", b)
+    assert both.returncode == 0, both.stderr
+    assert "full llama-2-7b (32 layers) on NVIDIA H200: precision=fp8, compile=True, kernels=none -> 18,832" in both.stdout
+    assert "lora llama-2-7b" in both.stdout and "qlora llama-2-7b" in both.stdout

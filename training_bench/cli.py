@@ -100,8 +100,9 @@ def build_parser() -> Parser:
     grid.add_argument("--timeout", type=float, help="seconds one point may run before it is stopped (default none)")
     grid.add_argument("--gpu", help="catalog GPU to recommend for (rows measured on it, peak within its memory; "
                                     "default: the GPU the sweep ran on)")
-    grid.add_argument("--from", dest="from_file", metavar="FILE",
-                      help="run nothing: recommend from the rows of this sweep or training_matrix result")
+    grid.add_argument("--from", dest="from_file", metavar="FILE", action="append",
+                      help="run nothing: recommend from the rows of this sweep or training_matrix result "
+                           "(repeatable: the rows of several files together)")
     sw.set_defaults(func=cmd_sweep)
 
     micro = sub.add_parser("micro", help="operator and communication micro-benchmarks",

@@ -298,9 +298,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     gpu = get_gpu(args.gpu) if args.gpu else None
     if args.from_file:
-        best = recommend(rows_from_file(args.from_file), gpu)
+        best = recommend([row for path in args.from_file for row in rows_from_file(path)], gpu)
         if not best:
-            raise BenchError(f"--from {args.from_file}: no measured row" + (f" from {gpu.key} fits" if gpu else ""))
+            raise BenchError(f"--from {', '.join(args.from_file)}: no measured row"
+                             + (f" from {gpu.key} fits" if gpu else ""))
         for row in best.values():
             print(describe(row, gpu))
         return 0
