@@ -119,3 +119,24 @@ def test_repeated_sweep_points_are_refused(tmp_path, points):
     proc = run_loadgen("sweep", *points, "--num-requests", "1", "--output", str(out))
     assert proc.returncode == 2 and "sweep points must differ" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["run", "--api-k", "sk-secret", "--num-requests", "1"],
+                                  ["run", "--api=sk-secret", "--num-requests", "1"],
+                                  ["run", "--num-req", "1"]])
+def test_abbreviated_flags_are_refused(tmp_path, argv):
+    """argparse would accept --api-k for --api-key: a secret under a name no redaction knows, written to disk."""
+    proc = run_loadgen(*argv, "--output", str(tmp_path / "o"), timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_training_bench_refuses_abbreviated_flags():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "training_bench", "pretrain", "--mod", "tiny"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unrecognized arguments: --mod tiny" in proc.stderr

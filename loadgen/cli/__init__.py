@@ -14,6 +14,13 @@ from loadgen.rundir import TOOL_VERSION
 
 
 class Parser(argparse.ArgumentParser):
+    """No abbreviated flags: argparse would take `--api-k` for `--api-key`, so a secret could be given under a name
+    that no redaction knows, and a typo could silently select another flag."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
