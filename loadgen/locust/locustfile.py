@@ -251,6 +251,9 @@ def _on_init(environment, **_kwargs) -> None:
     if isinstance(runner, MasterRunner):
         runner.register_message(RECORDS_MESSAGE, lambda msg, **kw: _write(environment, msg.data))
         _stop_before_quit(runner)
+    # asked here, before any test: in test_start the request yields to Locust's --run-time greenlet, which on a
+    # busy machine ended a 2 s test (and wrote its summary) before run.json existed
+    environment.loadgen_simulated = bool(o.loadgen_simulated) or _answers_as_the_sim(environment.host or o.host)
     if o.loadgen_run_dir:
         run_dir = Path(o.loadgen_run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +296,6 @@ def _on_test_start(environment, **_kwargs) -> None:
     if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
         return
     o = environment.parsed_options
-    environment.loadgen_simulated = bool(o.loadgen_simulated) or _answers_as_the_sim(environment.host or o.host)
     if environment.loadgen_simulated:
         log.warning(f"{SIM_BANNER} Target: {environment.host or o.host}")
     if getattr(environment, "loadgen_writer", None) is not None:  # run.json says "running" from the first request
