@@ -67,9 +67,9 @@ STREAMS = {
 }
 
 
-def test_byte_scan_agrees_with_the_full_parse():
-    """Chunks after the first are answered by a byte scan; collecting the text forces the JSON parse on every
-    chunk. Both must give the same tokens per chunk, usage, finish reason, errors and end."""
+def test_collecting_the_text_changes_no_count():
+    """With and without the text collected (--tokenizer), the same tokens per chunk, usage, finish reason,
+    errors and end."""
     for name, lines in STREAMS.items():
         scan, full = OpenAIStreamParser(), OpenAIStreamParser(collect_text=True)
         assert [event(scan, x) for x in lines] == [event(full, x) for x in lines], name
