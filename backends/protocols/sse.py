@@ -54,12 +54,14 @@ class LineReader:
             self._cr = False
             if data[:1] == b"\n":
                 data = data[1:]
-        if b"\r" in data:
-            self._cr = data[-1:] == b"\r"
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._pending:
             data = self._pending + data
-        *lines, self._pending = data.split(b"\n")
+        if b"\r" in data:  # bytes.splitlines ends lines at LF, CR and CRLF (only those, unlike str's)
+            lines = data.splitlines()
+            self._cr = data[-1:] == b"\r"
+            self._pending = b"" if data[-1:] in (b"\n", b"\r") else lines.pop()
+        else:
+            *lines, self._pending = data.split(b"\n")
         if len(data) > self.max_line and (len(self._pending) > self.max_line
                                           or any(len(line) > self.max_line for line in lines)):
             self._pending = b""
