@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import subprocess
 import sys
 import tracemalloc
@@ -150,10 +151,23 @@ def test_line_reader_ends_lines_at_lf_cr_and_crlf_across_reads():
     assert lines == [b"data: a", b"data: b", b"data: c", b""] and reader.rest() == b"tail"
 
 
+def test_line_reader_gives_the_same_lines_however_the_reads_fall():
+    stream = (b"\xef\xbb\xbfdata: a\r\ndata: b\r\rdata: c\n\n: ping\rid: 1\r\ndata: " + b"z" * 5000
+              + b"\r\n\r\ndata: [DONE]\n\ntail")
+    whole = LineReader()
+    want = whole.feed(stream), whole.rest()
+    rng = random.Random(0)
+    for _ in range(500):
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 60)))
+        reader = LineReader()
+        lines = [line for a, b in zip([0, *cuts], [*cuts, len(stream)]) for line in reader.feed(stream[a:b])]
+        assert (lines, reader.rest()) == want, cuts
+
+
 def test_line_reader_bounds_one_line():
     reader = LineReader(max_line=1000)
     reader.feed(b"x" * 600)
-    with pytest.raises(LineTooLong, match="line over"):
+    with pytest.raises(LineTooLong, match="line over 1000 bytes"):
         reader.feed(b"x" * 600)
     with pytest.raises(LineTooLong):  # a whole over-long line in one read, too
         LineReader(max_line=1000).feed(b"y" * 1200 + b"\nok\n")

@@ -33,10 +33,14 @@ class LineTooLong(Exception):
 class LineReader:
     """Response bytes -> complete lines (without their end), as they arrive."""
 
-    __slots__ = ("_pending", "_start", "_cr", "max_line")
+    __slots__ = ("_pending", "_parts", "_size", "_start", "_cr", "max_line")
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
-        self._pending = b""
+        self._pending = b""  # the start of a line not yet ended
+        # reads that ended no line, after _pending: kept apart and joined once, so a long line that arrives in
+        # small reads costs its length in copying, not its length times the number of reads
+        self._parts: list[bytes] = []
+        self._size = 0
         self._start = True  # the BOM can only come first, and may arrive split over reads
         self._cr = False  # the last read ended with CR: a LF that starts the next read belongs to it (CRLF)
         self.max_line = max_line
@@ -54,7 +58,16 @@ class LineReader:
             self._cr = False
             if data[:1] == b"\n":
                 data = data[1:]
-        if self._pending:
+        if b"\n" not in data and b"\r" not in data:
+            self._parts.append(data)
+            self._size += len(data)
+            if self._size > self.max_line:
+                raise self._too_long()
+            return []
+        if self._parts:
+            data = self._pending + b"".join(self._parts) + data
+            self._parts = []
+        elif self._pending:
             data = self._pending + data
         if b"\r" in data:  # bytes.splitlines ends lines at LF, CR and CRLF (only those, unlike str's)
             lines = data.splitlines()
@@ -62,15 +75,20 @@ class LineReader:
             self._pending = b"" if data[-1:] in (b"\n", b"\r") else lines.pop()
         else:
             *lines, self._pending = data.split(b"\n")
-        if len(data) > self.max_line and (len(self._pending) > self.max_line
+        self._size = len(self._pending)
+        if len(data) > self.max_line and (self._size > self.max_line
                                           or any(len(line) > self.max_line for line in lines)):
-            self._pending = b""
-            raise LineTooLong(f"line over {self.max_line / 2**20:g} MiB")
+            raise self._too_long()
         return lines
+
+    def _too_long(self) -> LineTooLong:
+        self._pending, self._parts, self._size = b"", [], 0
+        limit = self.max_line
+        return LineTooLong(f"line over {limit >> 20} MiB" if limit % (1 << 20) == 0 else f"line over {limit} bytes")
 
     def rest(self) -> bytes:
         """The last line, when the stream ended without ending it."""
-        rest, self._pending = self._pending, b""
+        rest, self._pending, self._parts = self._pending + b"".join(self._parts), b"", []
         return b"" if self._start and _BOM.startswith(rest) else rest
 
 
