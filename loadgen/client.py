@@ -131,11 +131,20 @@ async def _http_error(resp: aiohttp.ClientResponse) -> tuple[str, str]:
     """A status other than 200. A redirect is recorded, never followed: following it would measure another URL
     (another server, for a cross-origin 307/308) or resend as a GET (301/302/303)."""
     if 300 <= resp.status < 400:
-        where = resp.headers.get("Location", "(no Location header)")
+        where = _without_credentials(resp.headers.get("Location", "(no Location header)"))
         return "error:http", f"HTTP {resp.status} redirect to {where} (not followed: point --url at the target)"
     body = (await _read_up_to(resp, ERROR_TEXT_LIMIT * 4)).decode(errors="replace")[:ERROR_TEXT_LIMIT]
     retry = resp.headers.get("Retry-After")
     return "error:http", f"HTTP {resp.status}: {body.strip()}" + (f" (Retry-After: {retry})" if retry else "")
+
+
+def _without_credentials(location: str) -> str:
+    """A Location as written into the record: never with a user or password in it."""
+    try:
+        url = URL(location)
+    except ValueError:
+        return location[:ERROR_TEXT_LIMIT]
+    return str(url.with_user(None)) if url.user or url.password else location[:ERROR_TEXT_LIMIT]
 
 
 async def _not_a_stream(resp: aiohttp.ClientResponse) -> str:

@@ -251,3 +251,10 @@ def test_loadgen_run_against_an_oversized_line_keeps_memory_flat(tmp_path):
     assert len(records) == served == 3
     assert all(r["status"] == "error:stream" and r["error"] == "line over 1 MiB" for r in records)
     assert peak_mib < 200, f"loadgen peaked at {peak_mib:.0f} MiB reading 256 MiB lines"
+
+
+def test_a_redirects_location_is_recorded_without_credentials():
+    from loadgen.client import _without_credentials
+
+    assert _without_credentials("http://user:sk-SECRET@other:8000/v1/completions") == "http://other:8000/v1/completions"
+    assert _without_credentials("/v1/completions") == "/v1/completions"
