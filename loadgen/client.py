@@ -18,10 +18,12 @@ from yarl import URL
 
 from backends.protocols.native import LightLLMProtocol, TGIProtocol, TritonProtocol
 from backends.protocols.openai import OpenAIProtocol
+from backends.protocols.sse import LineReader, LineTooLong
 from loadgen.records import CANCELLED, OK, TIMEOUT, RequestRecord
 from loadgen.workload.specs import RequestSpec
 
 ERROR_TEXT_LIMIT = 500
+BODY_QUOTE_LIMIT = 200  # of a 200 response that is not an event stream: the server's message, not its page
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,80 @@ async def open_connections(session: aiohttp.ClientSession, target: Target, count
 
     async def one() -> None:
         try:
-            async with session.get(url, headers=target.headers) as resp:
+            async with session.get(url, headers=target.headers, allow_redirects=False) as resp:
                 await resp.read()
         except (aiohttp.ClientError, OSError):
             pass
 
     await asyncio.gather(*(one() for _ in range(count)))
+
+
+def _is_event_stream(content_type: str) -> bool:
+    """A JSON or HTML body is a server's answer instead of a stream (an error, or `stream` ignored); a missing
+    or plain-text type is read as a stream, which then has to prove it is one."""
+    return content_type not in ("application/json", "text/html", "application/problem+json")
+
+
+async def _read_up_to(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body's first `limit` bytes (or all of a shorter one): an error page can be any size."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await resp.content.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+_SSE_FIELDS = (b"data", b":", b"event", b"id", b"retry", b"\xef\xbb\xbf")
+
+
+def _looks_like_sse(head: bytes) -> bool:
+    first = head.lstrip(b"\r\n")
+    return not first or first.startswith(_SSE_FIELDS)
+
+
+def _quote(body: bytes | str) -> str:
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return text[:BODY_QUOTE_LIMIT] + ("..." if len(text) > BODY_QUOTE_LIMIT else "")
+
+
+async def _http_error(resp: aiohttp.ClientResponse) -> tuple[str, str]:
+    """A status other than 200. A redirect is recorded, never followed: following it would measure another URL
+    (another server, for a cross-origin 307/308) or resend as a GET (301/302/303)."""
+    if 300 <= resp.status < 400:
+        where = _without_credentials(resp.headers.get("Location", "(no Location header)"))
+        return "error:http", f"HTTP {resp.status} redirect to {where} (not followed: point --url at the target)"
+    body = (await _read_up_to(resp, ERROR_TEXT_LIMIT * 4)).decode(errors="replace")[:ERROR_TEXT_LIMIT]
+    retry = resp.headers.get("Retry-After")
+    return "error:http", f"HTTP {resp.status}: {body.strip()}" + (f" (Retry-After: {retry})" if retry else "")
+
+
+def _without_credentials(location: str) -> str:
+    """A Location as written into the record: never with a user or password in it."""
+    try:
+        url = URL(location)
+    except ValueError:
+        return location[:ERROR_TEXT_LIMIT]
+    return str(url.with_user(None)) if url.user or url.password else location[:ERROR_TEXT_LIMIT]
+
+
+async def _not_a_stream(resp: aiohttp.ClientResponse) -> str:
+    """A 200 with a JSON or HTML body: the server's own message (an OpenAI-style error's, else the body's
+    start), read no further than a few KiB."""
+    body = await _read_up_to(resp, 16384)
+    message: str | None = None
+    if resp.content_type.endswith("json"):
+        try:
+            parsed = json.loads(body)
+            err = parsed.get("error") if isinstance(parsed, dict) else None
+            message = (err.get("message") if isinstance(err, dict) else err) or None
+        except ValueError:
+            pass
+    return f"200 with a {resp.content_type} body, not an event stream: " + _quote(str(message) if message else body)
 
 
 async def send_request(
@@ -113,38 +183,48 @@ async def send_request(
     try:
         async with asyncio.timeout(timeout_s):
             async with session.post(target.parsed_url, data=body, headers=target.request_headers,
-                                    trace_request_ctx=body_sent,
+                                    trace_request_ctx=body_sent, allow_redirects=False,
                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=30,
                                                                   sock_read=idle_timeout_s)) as resp:
                 http_status = resp.status
                 if resp.status != 200:
-                    body = (await resp.text(errors="replace"))[:ERROR_TEXT_LIMIT]
-                    retry = resp.headers.get("Retry-After")
-                    status, error = "error:http", f"HTTP {resp.status}: {body.strip()}" + (
-                        f" (Retry-After: {retry})" if retry else "")
+                    status, error = await _http_error(resp)
+                elif not _is_event_stream(resp.content_type):
+                    status, error = "error:stream", await _not_a_stream(resp)
                 else:
                     # One wake-up per network read (not per SSE line); lines read together share a stamp.
-                    pending = b""
+                    reader, head = LineReader(), b""
                     async for data in resp.content.iter_any():
                         now = clock()
-                        *lines, pending = (pending + data).split(b"\n")
-                        for line in lines:
+                        if not head:
+                            head = data[:200]  # quoted if the body turns out not to be an event stream
+                        for line in reader.feed(data):
                             k = parser.feed(line)
                             if k:
                                 chunk_ns.append(now)
                                 chunk_tokens.append(k)
                         if parser.done:
                             break
-                    if pending and not parser.done:
-                        parser.feed(pending)
+                    if not parser.done:
+                        rest = reader.rest()
+                        if rest:
+                            k = parser.feed(rest)
+                            if k:
+                                chunk_ns.append(clock())
+                                chunk_tokens.append(k)
+                        parser.end()
                     if parser.done_at_eof and not parser.error:
                         parser.done = True  # protocols without an end marker: a clean end of stream
                     if parser.error:
                         status, error = "error:stream", parser.error
+                    elif not parser.events and not _looks_like_sse(head):
+                        status, error = "error:stream", "200 but not an event stream: " + _quote(head)
                     elif not parser.done:
                         status, error = "error:stream", "stream ended before [DONE]"
                     elif not chunk_ns:
                         status, error = "error:empty", "stream finished without any tokens"
+    except LineTooLong as exc:
+        status, error = "error:stream", str(exc)
     except aiohttp.ServerTimeoutError:  # aiohttp's sock_read: no bytes for idle_timeout_s
         status, error = TIMEOUT, f"idle: no data for {idle_timeout_s:g} s"
     except TimeoutError:

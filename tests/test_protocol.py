@@ -9,22 +9,27 @@ from loadgen.client import Target, make_session, send_request
 from loadgen.workload.specs import RequestSpec
 
 
+def event(parser, line: bytes) -> int:
+    """One SSE event: its line, then the blank line that ends it (the spec's framing)."""
+    return parser.feed(line) + parser.feed(b"")
+
+
 def test_parser_counts_token_bearing_chunks_only():
     p = OpenAIStreamParser(collect_text=True)
-    assert p.feed(b'data: {"id":"c1","choices":[{"delta":{"role":"assistant","content":""}}]}') == 0
-    assert p.feed(b'data: {"id":"c1","choices":[{"delta":{"content":"Hi"}}]}') == 1
+    assert event(p, b'data: {"id":"c1","choices":[{"delta":{"role":"assistant","content":""}}]}') == 0
+    assert event(p, b'data: {"id":"c1","choices":[{"delta":{"content":"Hi"}}]}') == 1
     assert p.feed(b"") == 0 and p.feed(b": keep-alive") == 0
-    assert p.feed(b'data: {"id":"c1","choices":[{"delta":{"content":" there"},"finish_reason":"length"}]}') == 1
-    assert p.feed(b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}') == 0
-    assert p.feed(b"data: [DONE]") == 0
+    assert event(p, b'data: {"id":"c1","choices":[{"delta":{"content":" there"},"finish_reason":"length"}]}') == 1
+    assert event(p, b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}') == 0
+    assert event(p, b"data: [DONE]") == 0
     assert p.done and p.response_id == "c1" and p.finish_reason == "length"
     assert p.usage == {"prompt_tokens": 3, "completion_tokens": 2} and "".join(p.text) == "Hi there"
 
 
 def test_continuous_usage_gives_exact_tokens_per_chunk():
     p = OpenAIStreamParser()
-    assert p.feed(b'data: {"choices":[{"text":"ab"}],"usage":{"completion_tokens":2}}') == 2
-    assert p.feed(b'data: {"choices":[{"text":"c"}],"usage":{"completion_tokens":5}}') == 3
+    assert event(p, b'data: {"choices":[{"text":"ab"}],"usage":{"completion_tokens":2}}') == 2
+    assert event(p, b'data: {"choices":[{"text":"c"}],"usage":{"completion_tokens":5}}') == 3
 
 
 STREAMS = {
@@ -62,12 +67,12 @@ STREAMS = {
 }
 
 
-def test_byte_scan_agrees_with_the_full_parse():
-    """Chunks after the first are answered by a byte scan; collecting the text forces the JSON parse on every
-    chunk. Both must give the same tokens per chunk, usage, finish reason, errors and end."""
+def test_collecting_the_text_changes_no_count():
+    """With and without the text collected (--tokenizer), the same tokens per chunk, usage, finish reason,
+    errors and end."""
     for name, lines in STREAMS.items():
         scan, full = OpenAIStreamParser(), OpenAIStreamParser(collect_text=True)
-        assert [scan.feed(x) for x in lines] == [full.feed(x) for x in lines], name
+        assert [event(scan, x) for x in lines] == [event(full, x) for x in lines], name
         assert (scan.done, scan.finish_reason, scan.error, scan.response_id) == \
             (full.done, full.finish_reason, full.error, full.response_id), name
         assert (scan.usage or {}).get("completion_tokens") == (full.usage or {}).get("completion_tokens"), name
@@ -76,10 +81,10 @@ def test_byte_scan_agrees_with_the_full_parse():
 
 def test_stream_errors_are_kept():
     p = OpenAIStreamParser()
-    p.feed(b'data: {"error":{"message":"out of memory"}}')
+    event(p, b'data: {"error":{"message":"out of memory"}}')
     assert p.error == "out of memory"
     q = OpenAIStreamParser()
-    q.feed(b"data: {broken")
+    event(q, b"data: {broken")
     assert q.error.startswith("malformed SSE data")
 
 
