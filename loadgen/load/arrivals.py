@@ -1,12 +1,18 @@
-"""Open-loop arrival schedules: when each request is sent, independent of when earlier ones finish."""
+"""Open-loop arrival schedules: when each request is sent, independent of when earlier ones finish, and the
+schedule that pairs each send time with its spec, made just ahead of it."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from loadgen.errors import LoadgenError
+from loadgen.workload.specs import RequestSpec
 
 ARRIVAL_KINDS = ("poisson", "gamma", "constant")
 
@@ -49,3 +55,133 @@ class ArrivalProcess:
         while times[-1] < duration:  # ran short of the duration: draw more
             times = np.concatenate((times, times[-1] + np.cumsum(self.intervals(rng, batch))))
         return times[times < duration]
+
+
+# How far ahead of its send time a spec is made: far enough that a send never waits on synthesis (about 0.15 ms
+# a 512-token prompt without a tokenizer, about 1 ms with one), near enough that memory is a few seconds of
+# prompts, not the run's. At least AHEAD_MIN are kept ready (a burst), at most AHEAD_MAX (a very high rate).
+AHEAD_S = 2.0
+AHEAD_MIN = 16
+AHEAD_MAX = 4096
+# Making stops this long before the next send is due, so the send is not late behind it.
+SPARE_S = 0.002
+
+Item = tuple[int, RequestSpec, float]  # (position in the schedule, spec, send offset in seconds)
+
+
+class Schedule:
+    """An open loop's work, made as the run goes: the send offsets are drawn before the clock (8 bytes a request,
+    so the seeded draw is the one it always was), each spec is taken from the workload's seeded stream a little
+    ahead of its send time, in the event loop's idle time before a send. The same seed gives the same specs at
+    the same offsets as when every prompt was made up front; memory is a few seconds of prompts whatever the
+    run's length, and the first request goes out without waiting for the last one's prompt."""
+
+    def __init__(self, offsets: np.ndarray, specs: Iterator[RequestSpec]):
+        self.offsets = offsets
+        self._specs = specs
+        self._made = 0  # positions whose spec has been made
+        self.ready: deque[Item] = deque()
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def made(self) -> int:
+        return self._made
+
+    def _make_one(self) -> bool:
+        if self._made >= len(self.offsets):
+            return False
+        spec = next(self._specs, None)
+        if spec is None:  # a finite workload ran out before the offsets did: the schedule ends with it
+            self.offsets = self.offsets[: self._made]
+            return False
+        self.ready.append((self._made, spec, float(self.offsets[self._made])))
+        self._made += 1
+        return True
+
+    def make_ahead(self, now_s: float, until_s: float | None = None, clock: Callable[[], float] | None = None) -> None:
+        """Make the specs due before now_s + AHEAD_S (at least AHEAD_MIN ready, at most AHEAD_MAX); with
+        `until_s`, stop once `clock()` reaches it (the next send is due)."""
+        while len(self.ready) < AHEAD_MAX and self._made < len(self.offsets):
+            if len(self.ready) >= AHEAD_MIN and self.offsets[self._made] >= now_s + AHEAD_S:
+                return
+            if until_s is not None and clock is not None and clock() >= until_s:
+                return
+            if not self._make_one():
+                return
+
+    def take(self) -> Item | None:
+        """The next item, made now if making ahead fell behind (its lateness is then recorded, as any)."""
+        if not self.ready and not self._make_one():
+            return None
+        return self.ready.popleft()
+
+    async def next(self) -> Item | None:
+        return self.take()
+
+    def first_window(self) -> list[Item]:
+        """The items a run starts with: those due in its first AHEAD_S (at least AHEAD_MIN)."""
+        self.make_ahead(0.0)
+        items = list(self.ready)
+        self.ready.clear()
+        return items
+
+    async def push(self, workers: int, send: Callable[[int, list[Item] | None], None], origin_ns: int,
+                   stopped: Callable[[], bool]) -> None:
+        """--workers: deal item p to worker p mod `workers` (whatever `workers` is, the same requests at the same
+        offsets), each about AHEAD_S before it is due, in batches; `send(k, None)` tells worker k the schedule
+        is over. Prompts are made here, in the parent, from the one seeded stream."""
+        exhausted = False
+        while not exhausted and not stopped():
+            horizon = (time.perf_counter_ns() - origin_ns) / 1e9 + AHEAD_S
+            batches: list[list[Item]] = [[] for _ in range(workers)]
+            while True:
+                if self._made >= len(self.offsets) and not self.ready:
+                    exhausted = True
+                    break
+                if not self.ready and self.offsets[self._made] >= horizon:
+                    break
+                if self.ready and self.ready[0][2] >= horizon:
+                    break
+                item = self.take()
+                if item is None:
+                    exhausted = True
+                    break
+                batches[item[0] % workers].append(item)
+            for k, batch in enumerate(batches):
+                if batch:
+                    send(k, batch)
+            if not exhausted:
+                await asyncio.sleep(AHEAD_S / 4)
+        for k in range(workers):
+            send(k, None)
+
+
+class FedSchedule:
+    """A worker's part of an open loop (`--workers`): the items it started with, then batches from the parent
+    (Schedule.push) until the parent says the schedule is over."""
+
+    def __init__(self, items: list[Item]):
+        self.queue: deque[Item] = deque(items)
+        self.arrived = asyncio.Event()
+        self.ended = False
+
+    def add(self, items: list[Item]) -> None:
+        self.queue.extend(items)
+        self.arrived.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self.arrived.set()
+
+    def make_ahead(self, now_s: float, until_s: float | None = None, clock: Callable[[], float] | None = None) -> None:
+        """The parent makes them."""
+
+    async def next(self) -> Item | None:
+        while not self.queue:
+            if self.ended:
+                return None
+            self.arrived.clear()
+            await self.arrived.wait()
+        return self.queue.popleft()
