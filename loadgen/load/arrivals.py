@@ -63,8 +63,9 @@ class ArrivalProcess:
 AHEAD_S = 2.0
 AHEAD_MIN = 16
 AHEAD_MAX = 4096
-# Making stops this long before the next send is due, so the send is not late behind it.
-SPARE_S = 0.002
+# Making stops when the next send is due within this margin plus what one spec has been taking to make, so the
+# send is not late behind it.
+SPARE_S = 0.0005
 
 Item = tuple[int, RequestSpec, float]  # (position in the schedule, spec, send offset in seconds)
 
@@ -81,6 +82,7 @@ class Schedule:
         self._specs = specs
         self._made = 0  # positions whose spec has been made
         self.ready: deque[Item] = deque()
+        self._cost_s = 0.0  # what making one spec has been taking (a moving average)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -92,7 +94,9 @@ class Schedule:
     def _make_one(self) -> bool:
         if self._made >= len(self.offsets):
             return False
+        t0 = time.perf_counter()
         spec = next(self._specs, None)
+        self._cost_s += (time.perf_counter() - t0 - self._cost_s) / 8
         if spec is None:  # a finite workload ran out before the offsets did: the schedule ends with it
             self.offsets = self.offsets[: self._made]
             return False
@@ -102,11 +106,11 @@ class Schedule:
 
     def make_ahead(self, now_s: float, until_s: float | None = None, clock: Callable[[], float] | None = None) -> None:
         """Make the specs due before now_s + AHEAD_S (at least AHEAD_MIN ready, at most AHEAD_MAX); with
-        `until_s`, stop once `clock()` reaches it (the next send is due)."""
+        `until_s`, stop before `clock()` would pass it (the next send is due) making one more."""
         while len(self.ready) < AHEAD_MAX and self._made < len(self.offsets):
             if len(self.ready) >= AHEAD_MIN and self.offsets[self._made] >= now_s + AHEAD_S:
                 return
-            if until_s is not None and clock is not None and clock() >= until_s:
+            if until_s is not None and clock is not None and clock() + self._cost_s >= until_s:
                 return
             if not self._make_one():
                 return
@@ -149,6 +153,8 @@ class Schedule:
                     exhausted = True
                     break
                 batches[item[0] % workers].append(item)
+                if item[0] % 64 == 63:
+                    await asyncio.sleep(0)  # let the records in: making a batch can take a while
             for k, batch in enumerate(batches):
                 if batch:
                     send(k, batch)
