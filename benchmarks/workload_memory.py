@@ -130,8 +130,9 @@ def main() -> int:
     try:
         _wait_http(url + "/health")
         with tempfile.TemporaryDirectory() as tmp:
-            trees = [("after", ROOT, subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-                                                     capture_output=True, text=True).stdout.strip())]
+            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True).stdout.strip()
+            trees = [("after", ROOT, _sha("HEAD") + ("+uncommitted" if dirty else ""))]
             if args.before:
                 trees.insert(0, ("before", _export(args.before, Path(tmp) / "before"), _sha(args.before)))
             for label, tree, sha in trees:
