@@ -17,7 +17,7 @@ from conftest import run_loadgen
 from loadgen.client import Target
 from loadgen.load import LoadPlan, run_load
 from loadgen.load.arrivals import AHEAD_MIN, AHEAD_S, ArrivalProcess, Schedule
-from loadgen.load.plans import shape_of
+from loadgen.load.plans import CLOSED_AHEAD_MAX, shape_of
 from loadgen.workload.datasets import load_dataset
 from loadgen.workload.distributions import LengthDistribution as L
 from loadgen.workload.specs import DatasetWorkload, Workload
@@ -65,6 +65,14 @@ def test_a_20_minute_run_at_50_per_second_holds_a_few_seconds_of_prompts():
             peak = max(peak, _alive(workload))
     assert sent == len(schedule) and schedule.made == sent
     assert 0 < peak <= bound
+
+
+def test_a_closed_loop_with_a_large_count_makes_a_bounded_number_before_the_clock():
+    workload = LiveWorkload(L.parse("8"), L.parse("4"), 4096, seed=2)
+    feed = shape_of(LoadPlan(concurrency=4, num_requests=200_000, seed=2)).prepare(workload)
+    assert len(workload.made_ns) == CLOSED_AHEAD_MAX
+    positions = [asyncio.run(feed())[0] for _ in range(CLOSED_AHEAD_MAX + 10)]  # later ones made as taken
+    assert positions == list(range(CLOSED_AHEAD_MAX + 10)) and len(workload.made_ns) == CLOSED_AHEAD_MAX + 10
 
 
 # Digests of (position, offset, every turn's index, lengths and prompt) for the first requests of each workload,
