@@ -62,6 +62,14 @@ def _vm(pid: int, key: str) -> int | None:
     return None
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _export(ref: str, into: Path) -> Path:
     """The tree at `ref`, as files (git archive), with its commit sha."""
     into.mkdir(parents=True)
@@ -80,7 +88,19 @@ def measure(tree: Path, url: str, duration: str, out: Path, run_s: float, worker
     argv = [sys.executable, "-m", "loadgen", "run", "--url", url, "--duration", duration, "--qps", str(QPS),
             "--workers", str(workers), "--output", str(out), "--quiet"]
     started_ns = time.perf_counter_ns()
-    proc = subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its own session: if this script is stopped, the run is stopped with it (killpg in the finally below).
+    proc = subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        return _measure(proc, argv, started_ns, out, run_s, timeout_s, duration, workers)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _measure(proc: subprocess.Popen, argv: list[str], started_ns: int, out: Path, run_s: float, timeout_s: float,
+             duration: str, workers: int) -> dict:
     records = out / "requests.jsonl"
     deadline = time.monotonic() + timeout_s
     peak_before_first = None
@@ -95,6 +115,8 @@ def measure(tree: Path, url: str, duration: str, out: Path, run_s: float, worker
     time.sleep(run_s)
     peak = _vm(proc.pid, "VmHWM")
     rss_now = _vm(proc.pid, "VmRSS")
+    worker_peaks = [_vm(c, "VmHWM") or 0 for c in _children(proc.pid)
+                    if "loadgen.load.worker" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")]
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=120)
@@ -110,6 +132,7 @@ def measure(tree: Path, url: str, duration: str, out: Path, run_s: float, worker
             "clock_origin_s": (run["origin_perf_counter_ns"] - started_ns) / 1e9,
             "peak_rss_mib": peak / 2**20 if peak else None,
             "rss_after_run_s_mib": rss_now / 2**20 if rss_now else None,
+            "worker_peak_rss_mib": [w / 2**20 for w in worker_peaks],
             "records_after_stop": sent, "exit_code": proc.returncode}
 
 
@@ -142,18 +165,19 @@ def main() -> int:
                         entry = {"tree": label, "commit": sha,
                                  **measure(tree, url, duration, out, args.run_s, workers, args.timeout_s)}
                         entries.append(entry)
-                        rows.append([label, sha[:7], duration, workers, f"{entry['first_send_s']:.2f}",
-                                     f"{entry['clock_origin_s']:.2f}", f"{entry['peak_rss_mib']:.0f}"])
+                        rows.append([label, sha[:7] + ("+" if sha.endswith("uncommitted") else ""), duration, workers, f"{entry['first_send_s']:.2f}",
+                                     f"{entry['peak_rss_mib']:.0f}",
+                                     " + ".join(f"{w:.0f}" for w in entry["worker_peak_rss_mib"]) or "-"])
                         print(*rows[-1], flush=True)
     finally:
         sim.terminate()
         sim.wait(timeout=30)
     print(tabulate(rows, headers=["tree", "commit", "--duration", "--workers", "first send (s)",
-                                  "clock origin (s)", "peak RSS (MiB)"]))
+                                  "peak RSS (MiB)", "workers' peak RSS (MiB)"]))
     result = {"benchmark": "workload_memory", "command": " ".join(sys.argv), "qps": QPS,
               "how": "loadgen run --url SIM --duration D --qps 50 in its own process; first send = process start "
                      "to the first record's send stamp; peak RSS = VmHWM of the loadgen process after --run-s s "
-                     "of sending (parent process only with --workers)",
+                     "of sending (--workers: the parent's, and each worker's apart)",
               "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                           "load_average": os.getloadavg(), "note": "shared 2-core development machine, busy"},
               "rows": entries}
