@@ -2,8 +2,9 @@
 
 The parent keeps the plan. It deals the open-loop schedule out (request k to worker k mod N), each request's
 prompt made and sent a little ahead of its send time, or feeds closed-loop workers their next request as they
-take one, so a run sends the same requests at the same offsets whatever N is. All workers share the parent's clock origin: perf_counter_ns is CLOCK_MONOTONIC, one
-clock for every process of a host, so records from different workers are on one time axis. Each record comes
+take one, so a run sends the same requests at the same offsets whatever N is. All workers share the parent's
+clock origin: perf_counter_ns is CLOCK_MONOTONIC, one clock for every process of a host, so records from
+different workers are on one time axis. Each record comes
 back the moment its request ends and goes through the runner's one sink; the stop signal (Ctrl-C, an error
 limit) stops every worker, whose in-flight requests come back as `cancelled`. The worker's side is
 loadgen/load/worker.py.
