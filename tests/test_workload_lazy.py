@@ -12,6 +12,8 @@ import weakref
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from backends.protocols.openai import OpenAIProtocol
 from conftest import run_loadgen
 from loadgen.client import Target
@@ -52,8 +54,7 @@ def test_a_20_minute_run_at_50_per_second_holds_a_few_seconds_of_prompts():
     plan = LoadPlan(arrival=ArrivalProcess("poisson", 50.0), duration_s=1200.0, seed=9)
     schedule = shape_of(plan).prepare(workload)
     bound = max(AHEAD_MIN, int(50 * AHEAD_S * 1.5)) + 1  # the look-ahead window, with room for Poisson bunching
-    assert len(schedule) > 59_000  # the offsets are all there (8 bytes each) ...
-    assert _alive(workload) <= bound  # ... the prompts are not
+    assert _alive(workload) <= bound
     peak, sent = 0, 0
     while (item := schedule.take()) is not None:
         position, spec, offset = item
@@ -63,8 +64,25 @@ def test_a_20_minute_run_at_50_per_second_holds_a_few_seconds_of_prompts():
         sent += 1
         if sent % 997 == 0:
             peak = max(peak, _alive(workload))
-    assert sent == len(schedule) and schedule.made == sent
+    expected = ArrivalProcess("poisson", 50.0).offsets(np.random.default_rng([9, 3]), duration=1200.0)
+    assert sent == len(expected) > 59_000 and schedule.made == sent
     assert 0 < peak <= bound
+
+
+def test_send_times_drawn_a_chunk_at_a_time_are_those_drawn_at_once():
+    """Bit for bit, for every arrival kind, with a count, a duration or both; the bursty gamma with a short
+    duration also takes the path where the first batch of draws falls short of the duration."""
+    for kind, burstiness in (("poisson", 1.0), ("gamma", 0.05), ("gamma", 4.0), ("constant", 1.0)):
+        for seed in range(12):
+            for n, duration, rate in ((None, 10.0, 1.0), (None, 300.0, 50.0), (500, None, 50.0),
+                                      (500, 3.0, 50.0), (1, None, 5.0), (0, None, 5.0)):
+                process = ArrivalProcess(kind, rate, burstiness)
+                at_once = process.offsets(np.random.default_rng([seed, 3]), n=n, duration=duration)
+                parts = list(process.chunks(np.random.default_rng([seed, 3]), n=n, duration=duration, size=97))
+                chunked = np.concatenate(parts) if parts else np.zeros(0)
+                assert np.array_equal(at_once, chunked), (kind, burstiness, seed, n, duration)
+    assert any(len(ArrivalProcess("gamma", 1.0, 0.05).offsets(np.random.default_rng([s, 3]), duration=10.0)) > 29
+               for s in range(12))  # 0 and a first batch of 28 draws for 10 s at 1/s
 
 
 def test_a_closed_loop_with_a_large_count_makes_a_bounded_number_before_the_clock():

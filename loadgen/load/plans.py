@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,9 +137,9 @@ class OpenLoop:
     def connections(self, workers: int = 1) -> int:
         return max(1, OPEN_LOOP_PREWARM // workers)
 
-    def offsets(self, workload) -> np.ndarray:
+    def offsets(self, workload) -> Iterable[np.ndarray]:
         rng = np.random.default_rng([self.plan.seed, 3])
-        return self.plan.arrival.offsets(rng, n=self.plan.total, duration=self.plan.duration_s)
+        return self.plan.arrival.chunks(rng, n=self.plan.total, duration=self.plan.duration_s)
 
     def prepare(self, workload) -> Schedule:
         """The offsets, and the prompts of the run's first seconds; later prompts are made in `drive`, each a
@@ -184,13 +184,14 @@ class OpenLoop:
 class TraceReplay(OpenLoop):
     """An open loop at the workload's own timestamps (a trace), scaled by the plan's time scale."""
 
-    def offsets(self, workload) -> np.ndarray:
-        """The trace's timestamps (its records' order is its specs' order), those before the duration."""
+    def offsets(self, workload) -> Iterable[np.ndarray]:
+        """The trace's timestamps (its records' order is its specs' order), those before the duration: the trace
+        is in memory already."""
         plan = self.plan
         offsets = workload.arrivals()[: plan.total] * plan.trace_time_scale
         if plan.duration_s is not None:
             offsets = offsets[: int(np.searchsorted(offsets, plan.duration_s, side="left"))]  # sorted by time
-        return offsets
+        return [offsets]
 
 
 class ClosedLoop:
