@@ -4,14 +4,16 @@ after prompts were made just ahead of their send time (loadgen/load/arrivals.py)
     python benchmarks/workload_memory.py                    # writes results/cpu-workload-memory.json
     python benchmarks/workload_memory.py --before 6dfe34f   # the tree that made every prompt before the clock
 
-For each tree (`--before REF`, exported with `git archive`, and this checkout) and each duration, it starts
+For each tree (`--before REF`, exported with `git archive`, and this checkout) and each duration (20 s shows what
+start-up alone costs: interpreter, imports, connections, workers), it starts
 `python -m loadgen run --url SIM --duration D --qps 50` against a simulated engine in its own process (so the
 client's memory is the client's), and measures:
   - first send: from the moment the loadgen process is started to its first request's send stamp (run.json's
     origin_perf_counter_ns + the first record's sent_s; both on CLOCK_MONOTONIC, the clock of this script too),
     so interpreter start-up and imports are in it;
   - peak RSS: the loadgen process's VmHWM (/proc/PID/status) after `--run-s` seconds of sending, then it is
-    stopped with SIGINT (the open loop built every prompt before the clock, so the peak is reached by then).
+    stopped with SIGINT (the old open loop made every prompt before the clock, so its peak is reached by then;
+    the new one holds a few seconds of prompts from the start on). With --workers, each worker's VmHWM too.
 The machine is shared: wall times depend on what else runs (the load average is recorded).
 """
 
@@ -35,7 +37,7 @@ from tabulate import tabulate  # noqa: E402
 
 from backends.process import find_free_port  # noqa: E402
 
-DURATIONS = ("20m", "2h")
+DURATIONS = ("20s", "20m", "2h")  # 20s: what start-up alone costs (1,000 requests)
 QPS = 50
 
 
