@@ -72,7 +72,7 @@ class ArrivalProcess:
             for start in range(0, count, size):
                 run = np.cumsum(np.concatenate(([carry], self.intervals(rng, min(size, count - start)))))[1:]
                 carry = float(run[-1])
-                yield run if base == 0.0 else base + run
+                yield base + run
 
         def until(parts: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
             """Times are non-decreasing: the first one at or past the duration ends them."""
