@@ -2,7 +2,8 @@
 drives them: `OpenLoop` (an arrival process), `TraceReplay` (the workload's own timestamps) or `ClosedLoop`
 (a fixed number of users, each sending as soon as its previous request ended).
 
-A shape makes its work before the clock starts (`prepare`), deals it out to client processes (`deal`) and sends
+A shape prepares its work before the clock starts (`prepare`: an open loop's offsets and its first few seconds of
+prompts, the rest made just ahead of their send time), deals it out to client processes (`deal`) and sends
 it (`drive`) through a `Sender`. The same `drive` runs in one process and in every worker process; where it runs
 is the runner's business (loadgen/load/runner.py, loadgen/load/processes.py).
 """
@@ -13,19 +14,22 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from loadgen.client import Target, send_request
-from loadgen.load.arrivals import ArrivalProcess
+from loadgen.load.arrivals import SPARE_S, ArrivalProcess, FedSchedule, Schedule
 from loadgen.load.stop import StopSignal
 from loadgen.records import RequestRecord
 from loadgen.workload.specs import RequestSpec
 
 # Connections opened ahead of an open-loop run (its peak concurrency is not known in advance).
 OPEN_LOOP_PREWARM = 32
+# A closed loop with a count makes at most this many prompts before the clock (and two per user if more); the
+# rest are made as users take them, so memory does not grow with --num-requests.
+CLOSED_AHEAD_MAX = 1024
 
 Feed = Callable[[], Awaitable["tuple[int, RequestSpec] | None"]]  # the closed loop's next (position, spec)
 
@@ -102,26 +106,13 @@ class Sender:
 
 
 @dataclass
-class Schedule:
-    """An open loop's work: each spec, its place in the whole schedule (for its phase) and its send offset."""
-
-    positions: list[int]
-    specs: list[RequestSpec]
-    offsets: list[float]
-
-    def share(self, k: int, n: int) -> Schedule:
-        """Worker k of n sends request k, k + n, ...: the same requests at the same offsets whatever n is."""
-        return Schedule(self.positions[k::n], self.specs[k::n], self.offsets[k::n])
-
-
-@dataclass
 class Share:
     """One client process's part of a run."""
 
     users: int  # closed loop: its users (0 for an open loop)
     connections: int  # keep-alive connections it opens before the clock
-    work: Schedule | list[tuple[int, RequestSpec]]  # its slice of the schedule, or the items it starts with
-    fed: bool  # closed loop: later items come from the parent as its users take them
+    work: list  # the items it starts with: (position, spec, offset) for an open loop, (position, spec) closed
+    fed: bool  # later items come from the parent: as its users take them (closed), ahead of their time (open)
 
 
 async def finish_all(tasks: set[asyncio.Task]) -> None:
@@ -146,26 +137,38 @@ class OpenLoop:
     def connections(self, workers: int = 1) -> int:
         return max(1, OPEN_LOOP_PREWARM // workers)
 
-    def offsets(self, workload) -> tuple[list[RequestSpec], np.ndarray]:
+    def offsets(self, workload) -> Iterable[np.ndarray]:
         rng = np.random.default_rng([self.plan.seed, 3])
-        offsets = self.plan.arrival.offsets(rng, n=self.plan.total, duration=self.plan.duration_s)
-        return workload.take(len(offsets)), offsets
+        return self.plan.arrival.chunks(rng, n=self.plan.total, duration=self.plan.duration_s)
 
     def prepare(self, workload) -> Schedule:
-        """Prompts are made here, before the clock starts, so that synthesis never delays a send."""
-        specs, offsets = self.offsets(workload)
-        return Schedule(list(range(len(specs))), specs, offsets.tolist())
+        """The offsets, and the prompts of the run's first seconds; later prompts are made in `drive`, each a
+        little ahead of its send time (loadgen/load/arrivals.py says how far)."""
+        schedule = Schedule(self.offsets(workload), workload.specs())
+        schedule.make_ahead(0.0)
+        return schedule
 
     async def deal(self, work: Schedule, workers: int) -> list[Share]:
-        return [Share(0, self.connections(workers), work.share(k, workers), False) for k in range(workers)]
+        """Worker k of n sends request k, k + n, ...: it starts with its part of the first seconds, and the
+        parent sends the rest ahead of time (Schedule.push)."""
+        first = work.first_window()
+        return [Share(0, self.connections(workers), [item for item in first if item[0] % workers == k], True)
+                for k in range(workers)]
 
-    async def drive(self, sender: Sender, work: Schedule, stop: StopSignal, users: int | None = None) -> None:
+    async def drive(self, sender: Sender, work: Schedule | FedSchedule, stop: StopSignal,
+                    users: int | None = None) -> None:
         tasks: set[asyncio.Task] = set()
         origin_ns = sender.origin_ns
+
+        def clock() -> float:
+            return (time.perf_counter_ns() - origin_ns) / 1e9
+
         try:
-            for position, spec, offset in zip(work.positions, work.specs, work.offsets):
+            while (item := await work.next()) is not None:
+                position, spec, offset = item
+                work.make_ahead(clock(), offset - SPARE_S, clock)  # the idle time before this send
                 # uvloop's timers have millisecond resolution and can fire early: sleep again until truly due.
-                while (delay := offset - (time.perf_counter_ns() - origin_ns) / 1e9) > 0:
+                while (delay := offset - clock()) > 0:
                     await asyncio.sleep(delay)
                 task = asyncio.create_task(sender.conversation(spec, position, offset))
                 tasks.add(task)
@@ -181,14 +184,14 @@ class OpenLoop:
 class TraceReplay(OpenLoop):
     """An open loop at the workload's own timestamps (a trace), scaled by the plan's time scale."""
 
-    def offsets(self, workload) -> tuple[list[RequestSpec], np.ndarray]:
+    def offsets(self, workload) -> Iterable[np.ndarray]:
+        """The trace's timestamps (its records' order is its specs' order), those before the duration: the trace
+        is in memory already."""
         plan = self.plan
-        specs = workload.take(plan.total) if plan.total is not None else list(workload.specs())
-        offsets = np.array([(s.arrival_s or 0.0) * plan.trace_time_scale for s in specs])
+        offsets = workload.arrivals()[: plan.total] * plan.trace_time_scale
         if plan.duration_s is not None:
-            keep = offsets < plan.duration_s
-            specs, offsets = [s for s, k in zip(specs, keep) if k], offsets[keep]
-        return specs, offsets
+            offsets = offsets[: int(np.searchsorted(offsets, plan.duration_s, side="left"))]  # sorted by time
+        return [offsets]
 
 
 class ClosedLoop:
@@ -206,7 +209,8 @@ class ClosedLoop:
         """The source of work: (position, spec) in workload order, None once the plan's count is issued or a
         finite workload (a trace) ran out.
 
-        Prompts are synthesised here, before the clock starts, all of them when the plan has a count, so that
+        Prompts are synthesised here, before the clock starts, all of them when the plan has a count of at most
+        CLOSED_AHEAD_MAX (more would hold a long run's every prompt in memory), so that
         synthesis (about 1 ms a 512-token prompt with a tokenizer) never sits between a user's requests or
         serialises the first wave (measured on the H100 host: 32 users' first requests went out over 100 ms,
         vLLM's client sent them in 13 ms). With only a duration, two per user are made ahead (the first wave
@@ -214,7 +218,8 @@ class ClosedLoop:
         in a thread stalled the event loop for up to 1.3 s (measured)."""
         total = self.plan.total
         source = workload.specs()
-        ready = deque(itertools.islice(source, total if total is not None else 2 * self.users))
+        ahead = 2 * self.users if total is None else min(total, max(2 * self.users, CLOSED_AHEAD_MAX))
+        ready = deque(itertools.islice(source, ahead))
         issued = 0
 
         async def next_item() -> tuple[int, RequestSpec] | None:

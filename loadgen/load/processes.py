@@ -1,9 +1,10 @@
 """`--workers N`: one run's load split over N client processes, so every core of the load machine sends and reads.
 
-The parent keeps the plan. It builds the open-loop schedule and deals it out (request k to worker k mod N), or
-feeds closed-loop workers their next request as they take one, so a run sends the same requests at the same
-offsets whatever N is. All workers share the parent's clock origin: perf_counter_ns is CLOCK_MONOTONIC, one
-clock for every process of a host, so records from different workers are on one time axis. Each record comes
+The parent keeps the plan. It deals the open-loop schedule out (request k to worker k mod N), each request's
+prompt made and sent a little ahead of its send time, or feeds closed-loop workers their next request as they
+take one, so a run sends the same requests at the same offsets whatever N is. All workers share the parent's
+clock origin: perf_counter_ns is CLOCK_MONOTONIC, one clock for every process of a host, so records from
+different workers are on one time axis. Each record comes
 back the moment its request ends and goes through the runner's one sink; the stop signal (Ctrl-C, an error
 limit) stops every worker, whose in-flight requests come back as `cancelled`. The worker's side is
 loadgen/load/worker.py.
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 from loadgen.client import Target
 from loadgen.errors import LoadgenError
 from loadgen.load import channel
+from loadgen.load.arrivals import Schedule
 from loadgen.load.plans import LoadPlan, Share, split_evenly
 from loadgen.load.runner import Runner
 from loadgen.run_events import RunEvents
@@ -125,7 +127,8 @@ class ProcessRunner(Runner):
     async def _start(self) -> int:
         work = self.shape.prepare(self.workload)
         shares = await self.shape.deal(work, self.workers)
-        self.feed = work if shares[0].fed else None
+        self.feed = work if self.plan.mode == "closed" else None
+        self.schedule = work if isinstance(work, Schedule) else None
         bare_target = replace(self.target, count_tokens=None)
         for i in range(len(shares)):
             self.started.append(await _start_worker(i))
@@ -141,7 +144,18 @@ class ProcessRunner(Runner):
         return origin_ns
 
     async def _load(self, origin_ns: int) -> None:
-        await asyncio.gather(*(self._listen(w) for w in self.started))
+        push = None
+        if self.schedule is not None:
+            def send(k: int, items: list | None) -> None:
+                self.started[k].send(("specs", items) if items is not None else ("end",))
+
+            push = asyncio.create_task(self.schedule.push(len(self.started), send, origin_ns,
+                                                          lambda: self.stop.requested))
+        try:
+            await asyncio.gather(*(self._listen(w) for w in self.started), *([push] if push else []))
+        finally:
+            if push is not None and not push.done():  # a worker failed: stop dealing
+                push.cancel()
 
     async def _listen(self, w: _Worker) -> None:
         fed_all = self.feed is None

@@ -96,7 +96,7 @@ class LocalRunner(Runner):
     session = None
 
     async def _start(self) -> int:
-        # Before the clock starts: the open loop's schedule, or the closed loop's prompts.
+        # Before the clock starts: the open loop's offsets and first seconds of prompts, or the closed loop's first prompts.
         self.work = self.shape.prepare(self.workload)
         self.session = make_session(self.shape.connection_limit)
         await self.session.__aenter__()

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from loadgen.client import make_session, open_connections
 from loadgen.load import channel
+from loadgen.load.arrivals import FedSchedule
 from loadgen.load.plans import Sender, shape_of
 from loadgen.load.processes import WorkerJob
 from loadgen.load.stop import StopSignal
@@ -63,7 +64,8 @@ async def _work(fd: int) -> None:
 
         target = replace(target, count_tokens=HFTokenizer(job.tokenizer).count)
     shape, share = shape_of(job.plan), job.share
-    feed = _ParentFeed(share.work, writer) if share.fed else None
+    # The parent sends later items: an open loop's ahead of their send time, a closed loop's as its users take them.
+    feed = FedSchedule(share.work) if job.plan.mode == "open" else _ParentFeed(share.work, writer)
     stop = StopSignal()
 
     def done(record: RequestRecord) -> None:
@@ -80,11 +82,11 @@ async def _work(fd: int) -> None:
             return
         origin_ns = message[1]
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        if feed is not None:  # users start at the origin; an open loop's offsets are from it already
+        if job.plan.mode == "closed":  # users start at the origin; an open loop's offsets are from it already
             while (delay := (origin_ns - time.perf_counter_ns()) / 1e9) > 0:
                 await asyncio.sleep(delay)
         sender = Sender(session, target, job.plan, origin_ns, done)
-        load = asyncio.create_task(shape.drive(sender, share.work if feed is None else feed, stop, share.users))
+        load = asyncio.create_task(shape.drive(sender, feed, stop, share.users))
         stop.on_request(load.cancel)
 
         async def control() -> None:

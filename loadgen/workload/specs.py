@@ -194,6 +194,13 @@ class DatasetWorkload:
                 "multi_turn": self.multi_turn, "seed": self.seed, "reused_records": self.reused,
                 "prompt_source": self.prompt_source}
 
+    def arrivals(self) -> np.ndarray:
+        """A trace's timestamps in the order `specs()` yields its requests: a replay's send times, known before
+        any prompt is made."""
+        if not self.is_trace:
+            raise LoadgenError(f"{self.dataset.path} is a {self.dataset.format} dataset, not a trace: it has no timestamps")
+        return np.array([r.timestamp_s or 0.0 for r in self.dataset.sample(self.sample_size, self.seed)])
+
     def specs(self) -> Iterator[RequestSpec]:
         records = self.dataset.sample(self.sample_size, self.seed)
         prompt_rng = np.random.default_rng([self.seed, 2])
