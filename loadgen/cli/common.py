@@ -18,7 +18,9 @@ from backends.sim.config import SimConfig
 from loadgen.config import OutputConfig, RunConfig, build_run_config, given, load_scenario
 from loadgen.endpoint import endpoint_name, launch_spec, sim_config
 from loadgen.errors import LoadgenError
+from loadgen import redaction
 from loadgen.listeners.files import write_html_report
+from loadgen.redaction import redact, remember_argv, url_secrets
 from loadgen.workload.prompts import HFTokenizer
 from scenarios.catalog import CatalogError
 from scenarios.scenario import Scenario
@@ -58,6 +60,7 @@ def prepare(config: RunConfig) -> Prepared:
         except ImportError:
             raise LoadgenError("--report needs matplotlib: pip install -e '.[report]' (or pip install matplotlib), "
                                "or drop --report and run `loadgen report DIR` later") from None
+    remember_run_secrets(config)
     sim = sim_config(config.target)
     tokenizer = HFTokenizer(config.workload.tokenizer) if config.workload.tokenizer else None
     api_key = config.target.api_key or os.environ.get("OPENAI_API_KEY")
@@ -66,9 +69,17 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, sim, tokenizer, headers, model_label)
 
 
+def remember_run_secrets(config: RunConfig) -> None:
+    """The secrets of this run, known by value before anything is written (loadgen/redaction.py)."""
+    target = config.target
+    redaction.remember(target.api_key, os.environ.get("OPENAI_API_KEY"), *url_secrets(target.url or ""))
+    remember_argv(target.engine_arg)
+
+
 def print_result(output: OutputConfig, summary: dict, text: str, run_dir: Path) -> None:
+    text = redact(text)
     if output.json:
-        print(json.dumps(summary, indent=2))
+        print(redact(json.dumps(summary, indent=2)))
         if not output.quiet:
             print(text, file=sys.stderr)
     elif not output.quiet:
@@ -87,13 +98,13 @@ def print_launch(prepared: Prepared) -> int:
     target = prepared.config.target
     if target.backend in FRAMEWORKS:
         if target.url:
-            print(f"# attach to {target.url}: nothing would be launched")
+            print(redact(f"# attach to {target.url}: nothing would be launched"))
             return 0
         spec = launch_spec(target, prepared.config.workload.max_context, target.port or 8000)
         endpoint = endpoint_name(target, spec)
         for key, value in spec.env.items():
-            print(f"export {key}={shlex.quote(value)}")
-        print(shlex.join(spec.argv))
+            print(redact(f"export {key}={shlex.quote(value)}"))
+        print(redact(shlex.join(spec.argv)))
         print(f"# ready when GET {spec.url}{spec.ready_path} answers 200; metrics: "
               f"{spec.metrics_path or 'none'}; endpoint: {endpoint}; weights: {spec.weights}")
         return 0
@@ -102,5 +113,5 @@ def print_launch(prepared: Prepared) -> int:
         print(shlex.join(sim_backend.launch_argv(sim.model.name, sim.gpu.key, sim.tp, "127.0.0.1", target.port or 8000,
                                                  sim.profile.path if sim.profile else None)))
         return 0
-    print(f"# attach to {target.url}: nothing would be launched")
+    print(redact(f"# attach to {target.url}: nothing would be launched"))
     return 0
