@@ -43,6 +43,19 @@ def create_run_dir(output: str | None, backend: str, model: str) -> Path:
     return path
 
 
+def writable_dir(path: Path, flag: str = "--output") -> Path:
+    """`path` created if need be and proven writable, or one line naming the fix (a file where a directory
+    should be, a name too long for the file system, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise LoadgenError(f"cannot write to {flag} {path}: {exc.strerror or exc}; choose another {flag}") from None
+    return path
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write via a temporary file and rename, so a reader never sees half a file. Every secret's value is masked
     (loadgen/redaction.py): run.json, summary.json and sweep.json all come through here."""

@@ -6,6 +6,7 @@ User mistakes print one line naming the fix and exit 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import NoReturn
 
@@ -188,15 +189,37 @@ def build_parser() -> Parser:
     return parser
 
 
+def _needs_torch(args: argparse.Namespace) -> bool:
+    """Every command measures with PyTorch, except a sweep that only reads earlier results (--from)."""
+    return not (args.command == "sweep" and getattr(args, "from_file", None))
+
+
+def _missing_module(exc: ImportError) -> str:
+    name = exc.name or (re.findall(r"module named '?([\w.]+)", str(exc)) or ["torch" if "torch" in str(exc) else "?"])[0]
+    return name.split(".")[0]
+
+
+def _install_hint(exc: ImportError) -> str:
+    name = _missing_module(exc)
+    if name == "torch":
+        return "PyTorch is not importable: pip install -e '.[train]' (or pip install torch)"
+    return f"the Python package {name} is not importable: pip install -e '.[train]' (or pip install {name})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from training_bench.fast_paths import quiet_imports
 
     quiet_imports()
     try:
+        if _needs_torch(args):  # before any work or any file is written
+            import torch  # noqa: F401
         return args.func(args)
+    except ImportError as exc:  # a missing extra, whichever command found it
+        print(f"training_bench: error: {_install_hint(exc)}", file=sys.stderr)
+        return 2
     except (BenchError, CatalogError) as exc:
-        print(f"training_bench: error: {exc}", file=sys.stderr)
+        print(f"training_bench: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("training_bench: interrupted", file=sys.stderr)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from loadgen.cli.common import USER_ERRORS
+from loadgen.cli.common import USER_ERRORS, error_line
 from loadgen.redaction import redact, remember_argv
 from loadgen.rundir import TOOL_VERSION
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        print(redact(f"loadgen: error: {exc}"), file=sys.stderr)
+        print(f"loadgen: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("loadgen: interrupted", file=sys.stderr)
