@@ -39,14 +39,14 @@ class RunJson:
         outcome = result.outcome
         status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
         failure = every_request_failed(result.summary)
-        extra = {"status": "failed", "error": failure} if failure else {}
-        self.ended(status, stopped_early=outcome.stopped_early, origin_perf_counter_ns=outcome.origin_ns,
-                   wall_s=outcome.wall_s, workload=self.workload.describe(), **extra)
+        extra = {"error": failure} if failure else {}
+        self.ended("failed" if failure else status, stopped_early=outcome.stopped_early,
+                   origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s,
+                   workload=self.workload.describe(), **extra)
 
     def ended(self, status: str, **fields) -> None:
         """The run's final status and what is only known at its end (a Locust run's too)."""
-        self.info.update(status=status, finished_at=utc_now())
-        self.info.update(fields)
+        self.info.update(status=status, finished_at=utc_now(), **fields)
         write_json(self.path, self.info)
 
 
