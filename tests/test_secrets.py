@@ -129,3 +129,57 @@ def test_redact_masks_every_occurrence_and_encoding():
     out = json.loads(redact(text, {"abc", "p@ss"}))
     assert out == {"a": "x *** y", "b": ["***", "abcdef"], "u": "http://u:***@h"}
     assert url_secrets("see http://u:k@h and https://t@g/x") == {"k", "t"}
+
+
+# -- bind addresses -------------------------------------------------------------------------------------------------
+def _listening(port: int) -> set[str]:
+    """The local addresses that listen on `port` (from /proc/net/tcp and tcp6: what the kernel really bound)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                if len(address) == 8:
+                    found.add(".".join(str(b) for b in bytes.fromhex(address)[::-1]))
+                else:
+                    found.add("::" if set(address) == {"0"} else address)
+    return found
+
+
+@pytest.mark.parametrize("bind,expected", [(None, "127.0.0.1"), ("127.0.0.2", "127.0.0.2")])
+def test_locust_master_binds_its_worker_port_where_told(tmp_path, bind, expected):
+    """Locust's own default is every interface; `loadgen locust --master` listens on 127.0.0.1 unless told."""
+    pytest.importorskip("locust")
+    import time
+
+    from backends.process import find_free_port
+
+    port = find_free_port()
+    extra = ["--master-bind-host", bind] if bind else []
+    proc = subprocess.Popen([sys.executable, "-m", "loadgen", "locust", "--master", "--headless", "--users", "1",
+                             "--run-time", "30s", "--master-port", str(port), "--input-len", "8", "--output-len", "4",
+                             "--output", str(tmp_path / "run"), *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline, bound = time.monotonic() + 90, set()
+        while not bound and time.monotonic() < deadline and proc.poll() is None:
+            bound = _listening(port)
+            time.sleep(0.2)
+        assert bound == {expected}, bound
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_master_bind_host_help_says_how_to_open_it():
+    proc = run_loadgen("locust", "--help")
+    assert "--master-bind-host" in proc.stdout and "0.0.0.0" in proc.stdout
