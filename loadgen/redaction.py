@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -41,10 +42,15 @@ def secret_name(name: str) -> bool:
                                                         for p in SECRET_PARTS)
 
 
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,15}://[^\s/?#'\"]+")
+
+
 def url_secrets(text: str) -> set[str]:
     """The password of every URL in `text` (the user name when there is no password: a token as user)."""
-    found = set()
-    for match in re.finditer(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#'\"]+", text):
+    found: set[str] = set()
+    if "@" not in text or "://" not in text:  # most text (PATH, every record) has no userinfo: skip the regex
+        return found
+    for match in _URL.finditer(text):
         try:
             parts = urlsplit(match.group(0))
         except ValueError:
@@ -119,11 +125,25 @@ def remember_env(env: Mapping[str, str]) -> None:
     _remembered.update(v for k, v in env.items() if secret_name(k) and v)
 
 
+@lru_cache(maxsize=4)
+def _secret_keys(keys: frozenset[str]) -> tuple[str, ...]:
+    return tuple(k for k in keys if secret_name(k))
+
+
+@lru_cache(maxsize=4)
+def _argv_secrets(argv: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(argv_secrets(argv))
+
+
 def known() -> set[str]:
-    return _remembered | argv_secrets(sys.argv) | env_secrets(os.environ)
+    """Called for every write: the environment's secret-named variables are found once per set of names."""
+    env = {k: os.environ[k] for k in _secret_keys(frozenset(os.environ)) if k in os.environ}
+    urls = {s for v in os.environ.values() if "://" in v for s in url_secrets(v)}
+    return _remembered | _argv_secrets(tuple(sys.argv)) | env_secrets(env) | urls
 
 
-def _pattern(values: set[str]) -> re.Pattern | None:
+@lru_cache(maxsize=8)
+def _pattern(values: frozenset[str]) -> re.Pattern | None:
     forms = {f for v in values for f in (v, quote(v, safe=""), unquote(v), json.dumps(v)[1:-1]) if f}
     if not forms:
         return None
@@ -139,7 +159,7 @@ def _pattern(values: set[str]) -> re.Pattern | None:
 
 def redact(data: Any, secrets: set[str] | None = None) -> Any:
     """`data` (a string, or lists and dicts of them, as written to JSON) with every secret value masked."""
-    pattern = _pattern(known() if secrets is None else secrets)
+    pattern = _pattern(frozenset(known() if secrets is None else secrets))
     return data if pattern is None else _apply(data, pattern)
 
 

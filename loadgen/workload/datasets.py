@@ -254,16 +254,13 @@ def _parse_time(value: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def _check_time(path: Path, line: int, text: str, t: float, previous: float | None) -> None:
-    """A replay sends at these times: one that is not finite would wait forever, a negative or earlier one is a
-    broken file (sorting it would pair other lengths with other times), so each is refused with its line."""
+def _check_time(path: Path, line: int, text: str, t: float) -> None:
+    """A replay sends at these times: one that is not finite would wait forever, and a negative one is a broken
+    file, so each is refused with its line. Rows out of order are sorted (each keeps its own lengths)."""
     if not math.isfinite(t):
         raise LoadgenError(f"{path}:{line}: timestamp {text!r} is not a finite time; fix or drop that row")
     if t < 0:
         raise LoadgenError(f"{path}:{line}: timestamp {text!r} is negative; trace times count up from 0 or a date")
-    if previous is not None and t < previous:
-        raise LoadgenError(f"{path}:{line}: timestamp {text!r} is earlier than the row before it; sort the trace by "
-                           "its timestamp column")
 
 
 def _trace(path: Path, fmt: str, skipped: Counter) -> Iterator[DatasetRecord]:
@@ -282,10 +279,11 @@ def _trace(path: Path, fmt: str, skipped: Counter) -> Iterator[DatasetRecord]:
                 if n_in < 1 or n_out < 1:
                     skipped["zero-token request or response"] += 1
                     continue
-                _check_time(path, reader.line_num, row[t_col], t, rows[-1][0] if rows else None)
+                _check_time(path, reader.line_num, row[t_col], t)
                 rows.append((t, n_in, n_out))
     except (OSError, UnicodeDecodeError) as exc:
         raise LoadgenError(f"cannot read dataset {path}: {exc}") from None
+    rows.sort(key=lambda r: r[0])
     if rows:
         t0 = rows[0][0]
         for t, n_in, n_out in rows:
