@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from backends.registry import ENDPOINTS, FRAMEWORKS
 from loadgen.config import kinds as k
@@ -121,7 +121,7 @@ def _check_base_url(url: str) -> None:
     path = parts.path.rstrip("/")
     for api in API_PATHS:
         if path.endswith(api) or f"{api}/" in path:
-            base = url[: url.index(parts.path)] + path[: path.index(api)] if parts.path else url
+            base = urlunsplit((parts.scheme, parts.netloc, path[: path.index(api)], "", ""))
             raise ConfigError(f"--url {url!r} already holds the API path {api}: give the server's base URL "
                               f"{base} (loadgen adds {api if api.startswith('/v1/') else '/v1/completions'} "
                               "and the other paths itself)", "url")
