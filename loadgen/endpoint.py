@@ -20,6 +20,7 @@ from backends.sim import command as sim_backend
 from backends.sim.config import SimConfig
 from loadgen.config import RunConfig, TargetConfig
 from loadgen.errors import LoadgenError
+from loadgen.redaction import remember_env
 from scenarios.catalog import CatalogError, get_model
 
 
@@ -47,6 +48,7 @@ def launch_spec(target: TargetConfig, max_context: int | None, port: int | None 
                         engine_cmd=tuple(shlex.split(target.engine_cmd)) if target.engine_cmd else (),
                         docker=target.docker, max_model_len=max_context)
     spec = adapter(target.backend)(req)
+    remember_env(spec.env)  # masked wherever the launch environment is written or printed
     paths = target.engine_path
     if paths:
         missing = [p for p in paths if not os.path.isdir(os.path.expanduser(p))]

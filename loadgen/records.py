@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from loadgen.redaction import redact
+
 # status values: "ok", "error:<kind>" (http, connection, stream, empty, ...), "timeout", "cancelled"
 OK = "ok"
 TIMEOUT = "timeout"
@@ -62,7 +64,10 @@ class RecordWriter:
         self.count = 0
 
     def write(self, record: RequestRecord) -> None:
-        self._file.write(record.to_json() + "\n")
+        line = record.to_json()
+        if record.error:  # a server's or client's error text may quote a URL with its userinfo, or a key
+            line = redact(line)
+        self._file.write(line + "\n")
         self._file.flush()
         self.count += 1
 

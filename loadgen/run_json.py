@@ -12,6 +12,17 @@ def _first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [repr(error)])[0]
 
 
+def every_request_failed(summary: dict) -> str | None:
+    """Why a run measured nothing although requests were sent (every one an error or a timeout), or None. Such a
+    run is not a result: run.json says failed and the command exits non-zero, rather than 100% 404s with exit 0."""
+    counts = summary.get("requests") or {}
+    failed = (counts.get("failed") or 0) + (counts.get("timed_out") or 0)
+    if counts.get("completed") or not failed:
+        return None
+    kinds = ", ".join(f"{n} {kind}" for kind, n in (counts.get("errors_by_kind") or {}).items())
+    return f"every request failed ({failed} of {counts.get('total', failed)}{': ' + kinds if kinds else ''})"
+
+
 class RunJson:
     def __init__(self, run_dir: Path, info: dict, workload=None):
         self.path, self.workload = run_dir / "run.json", workload
@@ -27,8 +38,11 @@ class RunJson:
         counts (clipped prompts, reused dataset records) grow as its prompts are made."""
         outcome = result.outcome
         status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
-        self.ended(status, stopped_early=outcome.stopped_early, origin_perf_counter_ns=outcome.origin_ns,
-                   wall_s=outcome.wall_s, workload=self.workload.describe())
+        failure = every_request_failed(result.summary)
+        extra = {"error": failure} if failure else {}
+        self.ended("failed" if failure else status, stopped_early=outcome.stopped_early,
+                   origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s,
+                   workload=self.workload.describe(), **extra)
 
     def ended(self, status: str, **fields) -> None:
         """The run's final status and what is only known at its end (a Locust run's too)."""

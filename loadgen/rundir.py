@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from loadgen.errors import LoadgenError
+from loadgen.redaction import redact
 
 TOOL_VERSION = "0.1.0"
-SECRET_FLAGS = ("--api-key",)
 RUN_FILES = ("run.json", "requests.jsonl", "summary.json", "sweep.json")  # what makes a directory a run's
 
 
@@ -43,27 +43,25 @@ def create_run_dir(output: str | None, backend: str, model: str) -> Path:
     return path
 
 
+def writable_dir(path: Path, flag: str = "--output") -> Path:
+    """`path` created if need be and proven writable, or one line naming the fix (a file where a directory
+    should be, a name too long for the file system, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise LoadgenError(f"cannot write to {flag} {path}: {exc.strerror or exc}; choose another {flag}") from None
+    return path
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
+    """Write via a temporary file and rename, so a reader never sees half a file. Every secret's value is masked
+    (loadgen/redaction.py): run.json, summary.json and sweep.json all come through here."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(redact(json.dumps(data, indent=2, sort_keys=False, default=str)) + "\n")
     os.replace(tmp, path)
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    out, hide = [], False
-    for arg in argv:
-        if hide:
-            out.append("***")
-            hide = False
-        elif arg in SECRET_FLAGS:
-            out.append(arg)
-            hide = True
-        elif any(arg.startswith(f + "=") for f in SECRET_FLAGS):
-            out.append(arg.split("=", 1)[0] + "=***")
-        else:
-            out.append(arg)
-    return out
 
 
 def git_sha() -> str | None:
@@ -84,7 +82,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
-        "command": redact_argv(sys.argv),
+        "command": list(sys.argv),  # masked by write_json
     }
 
 

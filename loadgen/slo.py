@@ -22,6 +22,8 @@ def parse_slo(text: str) -> dict[str, float]:
         limit = parse_duration(value, what=f"SLO limit {part!r}", require_unit=True) * 1e3
         if limit <= 0:
             raise LoadgenError(f"bad SLO {part!r}: the limit must be positive")
+        if name in slos:
+            raise LoadgenError(f"bad SLO {text!r}: {name} is given twice; give each metric once")
         slos[name] = limit
     if not slos:
         raise LoadgenError("empty --slo: give e.g. ttft:500ms,tpot:50ms")

@@ -63,11 +63,12 @@ def test_scenario_schema_is_derived_from_the_fields():
 
 def test_values_are_typed_and_the_config_is_frozen():
     config = build_run_config(_parse(["--qps", "2.5", "--input-len", "uniform:5,9", "--duration", "1.5m",
-                                      "--slo", "ttft:1s,tpot:50ms", "--engine-arg", "a", "--engine-arg", "b"]))
+                                      "--slo", "ttft:1s,tpot:50ms", "--backend", "vllm", "--model", "7b",
+                                      "--engine-arg", "a", "--engine-arg", "b"]))
     assert config.load.qps == 2.5 and config.load.duration == 90.0
     assert str(config.workload.input_len) == "uniform:5,9" and config.workload.output_len.a == 128
     assert config.slo.limits_ms == {"ttft": 1000.0, "tpot": 50.0} and config.slo.text == "ttft:1s,tpot:50ms"
-    assert config.target.engine_arg == ("a", "b") and config.target.backend == "sim"
+    assert config.target.engine_arg == ("a", "b") and config.target.backend == "vllm"
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.load.qps = 3
 

@@ -6,13 +6,14 @@ User mistakes print one line naming the fix and exit 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import NoReturn
 
 from scenarios.catalog import CatalogError
 from training_bench.errors import BenchError
 from training_bench.micro_cli import DTYPES, cmd_comm, cmd_layer, cmd_ops, cmd_profile
-from training_bench.train_cli import add_output_argument, add_train_arguments
+from training_bench.train_cli import add_output_argument, add_train_arguments, count
 
 
 def _version() -> str:
@@ -64,8 +65,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="element type (default bf16 on GPU, fp32 on CPU, where "
                                                             "bf16 matmuls run ~14x slower)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="default: cuda when available")
-    p.add_argument("--warmup", type=int, help="untimed calls before timing (default 5 on GPU, 2 on CPU)")
-    p.add_argument("--reps", type=int, help="timed repetitions per operator (default 30 on GPU, 5 on CPU)")
+    p.add_argument("--warmup", type=count(0), help="untimed calls before timing (default 5 on GPU, 2 on CPU)")
+    p.add_argument("--reps", type=count(1), help="timed repetitions per operator (default 30 on GPU, 5 on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_output_argument(p, "write the results as JSON to this file")
 
@@ -136,7 +137,7 @@ def build_parser() -> Parser:
                                                  "256 on CPU)")
     ops.add_argument("--tp", type=int, default=1, help="time the tensor-parallel shards of this degree (default 1)")
     ops.add_argument("--backward", action="store_true", help="also time forward+backward (training) for prefill")
-    ops.add_argument("--gemm-size", type=int, default=None, help="ceiling GEMM N (default 8192 on GPU, 512 on CPU)")
+    ops.add_argument("--gemm-size", type=count(1), default=None, help="ceiling GEMM N (default 8192 on GPU, 512 on CPU)")
     ops.add_argument("--copy-size", default=None, help="ceiling copy size (default 1G on GPU, 64M on CPU)")
     ops.set_defaults(func=cmd_ops)
 
@@ -147,8 +148,8 @@ def build_parser() -> Parser:
     comm.add_argument("--ops", default="all_reduce,all_gather,reduce_scatter,broadcast,all_to_all,send_recv",
                       help="collectives to time")
     comm.add_argument("--sizes", default="1K-1G", help="message sizes: a range of powers of two (1K-1G) or a list")
-    comm.add_argument("--warmup", type=int, default=5, help="untimed calls per size (default 5)")
-    comm.add_argument("--iters", type=int, default=20, help="timed calls per size (default 20)")
+    comm.add_argument("--warmup", type=count(0), default=5, help="untimed calls per size (default 5)")
+    comm.add_argument("--iters", type=count(1), default=20, help="timed calls per size (default 20)")
     add_output_argument(comm, "write the results as JSON (rank 0)")
     comm.set_defaults(func=cmd_comm)
 
@@ -159,8 +160,8 @@ def build_parser() -> Parser:
     _common(layer)
     layer.add_argument("--tp", type=_ints, default=[1, 2, 4, 8], help="tensor-parallel degrees (default 1,2,4,8)")
     layer.add_argument("--phase", choices=["prefill", "decode"], default="prefill", help="default prefill")
-    layer.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
-    layer.add_argument("--seq-len", type=int, help="prefill length, or decode context (default 2048 on GPU, "
+    layer.add_argument("--batch", type=count(1), default=1, help="sequences (default 1)")
+    layer.add_argument("--seq-len", type=count(1), help="prefill length, or decode context (default 2048 on GPU, "
                                                    "256 on CPU)")
     layer.add_argument("--attn", default="sdpa-flash", help="attention implementation (default sdpa-flash)")
     layer.add_argument("--comm", help="results JSON of `micro comm` to take all-reduce times from")
@@ -182,10 +183,27 @@ def build_parser() -> Parser:
                       help="BATCHxCONTEXT points for decode attention (default 1x512,...,256x4096 on GPU, "
                            "1x256,4x256 on CPU)")
     prof.add_argument("--attn", default="sdpa-flash", help="attention implementation (default sdpa-flash)")
-    prof.add_argument("--gemm-size", type=int, default=None, help="ceiling GEMM N (default 8192 on GPU, 512 on CPU)")
+    prof.add_argument("--gemm-size", type=count(1), default=None, help="ceiling GEMM N (default 8192 on GPU, 512 on CPU)")
     prof.add_argument("--copy-size", default=None, help="ceiling copy size (default 1G on GPU, 64M on CPU)")
     prof.set_defaults(func=cmd_profile)
     return parser
+
+
+def _needs_torch(args: argparse.Namespace) -> bool:
+    """Every command measures with PyTorch, except a sweep that only reads earlier results (--from)."""
+    return not (args.command == "sweep" and getattr(args, "from_file", None))
+
+
+def _missing_module(exc: ImportError) -> str:
+    name = exc.name or (re.findall(r"module named '?([\w.]+)", str(exc)) or ["torch" if "torch" in str(exc) else "?"])[0]
+    return name.split(".")[0]
+
+
+def _install_hint(exc: ImportError) -> str:
+    name = _missing_module(exc)
+    if name == "torch":
+        return "PyTorch is not importable: pip install -e '.[train]' (or pip install torch)"
+    return f"the Python package {name} is not importable: pip install -e '.[train]' (or pip install {name})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,9 +212,14 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_imports()
     try:
+        if _needs_torch(args):  # before any work or any file is written
+            import torch  # noqa: F401
         return args.func(args)
+    except ImportError as exc:  # a missing extra, whichever command found it
+        print(f"training_bench: error: {_install_hint(exc)}", file=sys.stderr)
+        return 2
     except (BenchError, CatalogError) as exc:
-        print(f"training_bench: error: {exc}", file=sys.stderr)
+        print(f"training_bench: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("training_bench: interrupted", file=sys.stderr)

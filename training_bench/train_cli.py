@@ -32,19 +32,51 @@ VARY_KEYS = {"recompute": str, "attn": str, "micro_batch": int, "seq_len": int, 
              "lora_dtype": str, "strategy": str, "compile": _on_off, "compile_scope": str, "kernels": str, "engine": str, "tp": int}
 
 
+def count(low: int):
+    """An argparse type: an integer of at least `low` (a mistake found before the model is built)."""
+
+    def read(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low}")
+        return value
+
+    return read
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a JSON file that can be written, checked before minutes of measuring, not after."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name, e.g. {path / 'result.json'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a directory; choose another path")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is not writable; choose another path")
+    if any(len(os.fsencode(part)) > 255 for part in path.parts):
+        raise argparse.ArgumentTypeError(f"{text}: a name is longer than 255 bytes; choose a shorter path")
+    return text
+
+
 def add_output_argument(group, help_text: str) -> None:
     """`--output FILE` as in loadgen; `--out` stays as a hidden alias for a release."""
-    group.add_argument("--output", dest="output", metavar="FILE", help=help_text)
-    group.add_argument("--out", dest="output", help=argparse.SUPPRESS)
+    group.add_argument("--output", dest="output", metavar="FILE", type=output_file, help=help_text)
+    group.add_argument("--out", dest="output", type=output_file, help=argparse.SUPPRESS)
 
 
 def add_train_arguments(p: argparse.ArgumentParser, finetune: bool) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--model", default="7b", help="catalog model (default 7b)")
-    m.add_argument("--layers", type=int, help="keep only this many decoder layers (reported as truncated)")
+    m.add_argument("--layers", type=count(1), help="keep only this many decoder layers (reported as truncated)")
     if finetune:
         m.add_argument("--method", choices=["lora", "qlora", "full"], default="lora", help="default lora")
-        m.add_argument("--rank", dest="lora_rank", type=int, default=16, help="LoRA rank (default 16)")
+        m.add_argument("--rank", dest="lora_rank", type=count(1), default=16, help="LoRA rank (default 16)")
         m.add_argument("--alpha", dest="lora_alpha", type=int, default=32, help="LoRA alpha (default 32)")
         m.add_argument("--lora-dtype", choices=["fp32", "bf16"], default="fp32",
                        help="LoRA adapter weights: fp32 (default, PEFT's: each adapter's input is cast to fp32) or "
@@ -57,7 +89,7 @@ def add_train_arguments(p: argparse.ArgumentParser, finetune: bool) -> None:
     s.add_argument("--micro-batch", type=int, help="sequences per device per step (default 4 on GPU, 2 on CPU)")
     s.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     s.add_argument("--steps", type=int, help="timed steps (default 10 on GPU, 3 on CPU)")
-    s.add_argument("--warmup", type=int, help="untimed steps first (default 3 on GPU, 1 on CPU)")
+    s.add_argument("--warmup", type=count(0), help="untimed steps first (default 3 on GPU, 1 on CPU)")
     o = p.add_argument_group("systems options")
     o.add_argument("--engine", choices=list(ENGINES), default="hf",
                    help="hf: the transformers Llama (default); megatron: megatron-core's GPTModel, local layer spec")

@@ -9,7 +9,8 @@ import argparse
 import sys
 from typing import NoReturn
 
-from loadgen.cli.common import USER_ERRORS
+from loadgen.cli.common import USER_ERRORS, error_line
+from loadgen.redaction import redact, remember_argv
 from loadgen.rundir import TOOL_VERSION
 
 
@@ -22,7 +23,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, redact(f"{self.prog}: error: {message} (see '{self.prog} --help')\n"))
 
 
 def build_parser() -> Parser:
@@ -43,6 +44,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    remember_argv(sys.argv[1:] if argv is None else argv)  # every line printed or written masks these values
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "output_required", False) and not args.output:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except USER_ERRORS as exc:
-        print(f"loadgen: error: {exc}", file=sys.stderr)
+        print(f"loadgen: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("loadgen: interrupted", file=sys.stderr)

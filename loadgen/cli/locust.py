@@ -118,8 +118,8 @@ def _run_locust(config: RunConfig, lc: LocustConfig, url: str, model: str | None
         elif users:
             cmd += ["--users", str(users), "--spawn-rate", spawn_rate]
         if lc.master or lc.workers:
-            cmd += ["--master", "--master-bind-host", "127.0.0.1" if lc.workers and not lc.master else "*",
-                    "--master-bind-port", str(lc.master_port)]
+            # Locust's own default is every interface ("*"): the bind address is the user's choice, 127.0.0.1 unless told
+            cmd += ["--master", "--master-bind-host", lc.master_bind_host, "--master-bind-port", str(lc.master_port)]
             if lc.workers:
                 cmd += ["--expect-workers", str(lc.workers)]
         master = subprocess.Popen(env=env, args=cmd)

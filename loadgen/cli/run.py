@@ -12,6 +12,7 @@ from loadgen.config.assemble import build_workload, load_plan
 from loadgen.endpoint import open_endpoint
 from loadgen.outputs.console import format_summary
 from loadgen.point import record_failed_start, run_point
+from loadgen.run_json import every_request_failed
 from loadgen.rundir import create_run_dir
 
 
@@ -33,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def go():
         async with open_endpoint(config, prepared.sim, run_dir, prepared.headers) as endpoint:
-            workload = build_workload(config, endpoint.max_context, prepared.tokenizer)
+            workload = build_workload(config, endpoint.max_context, prepared.tokenizer, prepared.dataset)
             return await run_point(endpoint, config, plan, workload, run_dir, prepared.headers, prepared.count_tokens)
 
     try:
@@ -42,6 +43,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         record_failed_start(run_dir, config, exc)
         raise
     print_result(config.output, summary, format_summary(summary, run_dir), run_dir)
+    failure = every_request_failed(summary)
+    if failure and not interrupted:
+        print(f"loadgen: error: {failure}; the server's answers are in {run_dir / 'requests.jsonl'}", file=sys.stderr)
+        return 1
     if summary.get("stopped_early"):
         print(f"loadgen: run stopped early: {summary['stopped_early']}; what was measured is in {run_dir}",
               file=sys.stderr)

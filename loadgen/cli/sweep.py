@@ -37,6 +37,7 @@ from loadgen.config.assemble import build_workload, load_plan
 from loadgen.endpoint import open_endpoint
 from loadgen.pace import judge
 from loadgen.point import record_failed_start, run_point
+from loadgen.run_json import every_request_failed
 from loadgen.rundir import create_run_dir, slug, write_json
 from loadgen.sweep import (
     PointSize,
@@ -145,7 +146,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 if size.warning:
                     print(f"warning: {size.warning}", file=sys.stderr)
                 here = point_config(config, qps, concurrency, size)
-                workload = build_workload(here, endpoint.max_context, prepared.tokenizer)  # same requests each point
+                # the same requests each point
+                workload = build_workload(here, endpoint.max_context, prepared.tokenizer, prepared.dataset)
                 summary, interrupted = await run_point(endpoint, here, load_plan(here), workload, run_dir,
                                                        prepared.headers, prepared.count_tokens, label=label)
                 verdict = judge(summary, sweep.slo_fraction, sweep.rate_tolerance)
@@ -193,6 +195,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = json.loads((base / "sweep.json").read_text())
     print_result(config.output, result, text, base)
     write_report_if_asked(config.output, base)
+    failures = [every_request_failed(p["summary"]) for p in points]
+    if points and all(failures):
+        print(f"loadgen: error: every point measured nothing: {points[0]['label']}: {failures[0]}; the server's "
+              f"answers are in {base}/*/requests.jsonl", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,6 +13,7 @@ from loadgen.config import kinds, list_scenarios, load_scenario
 from loadgen.config.sources import as_type
 from loadgen.errors import LoadgenError
 from loadgen.outputs.compare import check_comparable, comparison_rows, format_rows, load_run
+from loadgen.rundir import writable_dir
 from scenarios.catalog import get_model, list_gpus, list_models
 
 DURATION = as_type(kinds.duration, "DURATION")
@@ -144,7 +145,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.output:
         from loadgen.outputs.html_report import compare_report
 
-        Path(args.output).write_text(compare_report(runs, diffs), encoding="utf-8")
+        try:
+            Path(args.output).write_text(compare_report(runs, diffs), encoding="utf-8")
+        except OSError as exc:
+            raise LoadgenError(f"cannot write --output {args.output}: {exc.strerror or exc}; choose another "
+                               "file") from None
         print(f"report: {args.output}", file=sys.stderr)
     return 0
 
@@ -235,6 +240,9 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     from backends.model_dir import write_model_dir
 
     spec = get_model(args.model)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise LoadgenError(f"--output {args.output} is a file; give a directory for the model")
+    writable_dir(Path(args.output).parent if not Path(args.output).exists() else Path(args.output))
     result = write_model_dir(spec, Path(args.output), args.weights, args.force,
                              progress=lambda message: print(f"make-model: {message} ...", file=sys.stderr, flush=True))
     weights = ", ".join(result.weight_files) if result.weight_files else "none (engines initialise them)"
@@ -246,7 +254,10 @@ def cmd_make_model(args: argparse.Namespace) -> int:
 def cmd_engine_wheels(args: argparse.Namespace) -> int:
     from backends.engine_wheels import DEFAULT_PLATFORMS, download_engine, read_have
 
+    if args.have and not Path(args.have).is_file():
+        raise LoadgenError(f"--have {args.have} is not a file; give the target's `pip freeze > FILE` output")
     have = read_have(Path(args.have)) if args.have else {}
+    writable_dir(Path(args.output))
     result = download_engine(args.requirements, Path(args.output), args.python,
                              tuple(args.platform) if args.platform else DEFAULT_PLATFORMS, have, tuple(args.exclude),
                              progress=lambda msg: print(msg, file=sys.stderr, flush=True))

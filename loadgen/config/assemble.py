@@ -7,10 +7,12 @@ from loadgen.config.run import DEFAULT_NUM_REQUESTS, DEFAULT_QPS, TRACE, RunConf
 from loadgen.errors import LoadgenError
 from loadgen.load.arrivals import ArrivalProcess
 from loadgen.load.plans import LoadPlan
-from loadgen.workload.datasets import load_dataset
+from loadgen.workload.datasets import Dataset, load_dataset
 from loadgen.workload.prompts import PromptSynthesizer
 from loadgen.workload.specs import DatasetWorkload, Workload
 from scenarios.scenario import find_data_file
+
+TRACE_FORMATS = ("azure", "burstgpt")
 
 
 def load_plan(config: RunConfig) -> LoadPlan:
@@ -30,14 +32,27 @@ def load_plan(config: RunConfig) -> LoadPlan:
     return LoadPlan(arrival=ArrivalProcess(load.arrival, qps, load.burstiness), **common)
 
 
-def build_workload(config: RunConfig, max_context: int, tokenizer) -> Workload | DatasetWorkload:
+def read_dataset(config: RunConfig, tokenizer) -> Dataset | None:
+    """The run's dataset, read and checked before a server is launched (a missing file or a broken trace is
+    found in a second, not after a framework's 30-minute start)."""
+    w = config.workload
+    if not w.dataset:
+        return None
+    dataset = load_dataset(find_data_file(w.dataset), w.dataset_format, tokenizer.count if tokenizer else None)
+    if w.multi_turn and dataset.format != "sharegpt":
+        raise LoadgenError("--multi-turn needs a conversation dataset (ShareGPT or messages format)")
+    if config.load.arrival == TRACE and dataset.format not in TRACE_FORMATS:
+        raise LoadgenError(f"--arrival trace needs a CSV trace, but {w.dataset} is a {dataset.format} dataset")
+    return dataset
+
+
+def build_workload(config: RunConfig, max_context: int, tokenizer,
+                   dataset: Dataset | None = None) -> Workload | DatasetWorkload:
+    """`dataset`: the one read_dataset gave (read here when not given)."""
     w = config.workload
     synth = PromptSynthesizer(tokenizer)
     if w.dataset:
-        dataset = load_dataset(find_data_file(w.dataset), w.dataset_format, tokenizer.count if tokenizer else None)
-        workload = DatasetWorkload(dataset, max_context, synth, w.seed, multi_turn=w.multi_turn)
-        if config.load.arrival == TRACE and not workload.is_trace:
-            raise LoadgenError(f"--arrival trace needs a CSV trace, but {w.dataset} is a {dataset.format} dataset")
-        return workload
+        dataset = dataset if dataset is not None else read_dataset(config, tokenizer)
+        return DatasetWorkload(dataset, max_context, synth, w.seed, multi_turn=w.multi_turn)
     return Workload(w.input_len, w.output_len, max_context, synth, w.seed, prefix_groups=w.prefix_groups,
                     prefix_len=w.prefix_len, turns=w.turns)

@@ -75,17 +75,24 @@ class LocustConfig(Section):
     headless: bool = option(False, k.switch, action="switch", help="no web UI; needs --concurrency and --duration")
     spawn_rate: float | None = option(None, k.positive_float, help="users started per second")
     web_host: str = option("127.0.0.1", k.text, help="web UI address (default 127.0.0.1)")
-    web_port: int = option(8089, k.positive_int, help="web UI port (default 8089)")
+    web_port: int = option(8089, k.port, help="web UI port (default 8089)")
     master: bool = option(False, k.switch, action="switch", help="run as Locust master (workers connect to it)")
     worker: bool = option(False, k.switch, action="switch", help="run as a Locust worker of --master-host")
     master_host: str = option("127.0.0.1", k.text, help="master address for --worker")
-    master_port: int = option(5557, k.positive_int, help="master port (default 5557)")
+    master_port: int = option(5557, k.port, help="master port (default 5557)")
+    master_bind_host: str = option(
+        "127.0.0.1", k.text,
+        help="address the --master listens on for workers (default 127.0.0.1: only workers on this host can "
+             "connect); for workers on other machines give this host's address or 0.0.0.0 (all interfaces), and "
+             "mind that anyone who reaches the port can join the run")
     workers: int = option(0, k.nonneg_int, help="start N local worker processes (multi-core load)")
     print_locustfile: bool = option(False, k.switch, action="switch", help="print the locustfile's path and exit")
 
     def check(self) -> None:
         if self.master and self.worker:
             raise ConfigError("--master and --worker exclude each other")
+        if not self.master_bind_host.strip():
+            raise ConfigError("--master-bind-host is empty: give an address such as 127.0.0.1 or 0.0.0.0")
 
 
 # The RunConfig fields a Locust process reads from its own command line, as --loadgen-<flag> (`loadgen locust`

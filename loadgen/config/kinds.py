@@ -45,6 +45,8 @@ def _number(cast: type, low: float, inclusive: bool, what: str) -> Callable[[Any
             raise LoadgenError(f"{flag}: {raw!r} is not a valid {what}") from None
         if value != value or value < low or (not inclusive and value == low):
             raise LoadgenError(f"{flag}: {raw!r} must be {'>=' if inclusive else '>'} {low:g}")
+        if not math.isfinite(value):  # --qps inf would send everything at once, not at a rate
+            raise LoadgenError(f"{flag}: {raw!r} must be a finite {what}")
         return value
 
     return read
@@ -59,12 +61,19 @@ def _integer(raw: Any, flag: str) -> int:
         raise LoadgenError(f"{flag}: {raw!r} is not a valid integer") from None
 
 
+def _port(raw: Any, flag: str) -> int:
+    value = _number(int, 0, False, "port")(raw, flag)
+    if value > 65535:
+        raise LoadgenError(f"{flag}: {raw!r} is not a TCP port: give 1-65535")
+    return value
+
+
 def _fraction(raw: Any, flag: str) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError):
         raise LoadgenError(f"{flag}: {raw!r} is not a number") from None
-    if not 0 <= value <= 1:
+    if not 0 <= value <= 1:  # also refuses nan
         raise LoadgenError(f"{flag}: {raw!r} must be between 0 and 1")
     return value
 
@@ -94,8 +103,21 @@ def _switch(raw: Any, flag: str) -> bool:
     return raw
 
 
+MAX_TOKENS = 1 << 24  # more than any model's context: a bigger count is a typo (1e99), not a workload
+
+
 def _distribution(raw: Any, flag: str) -> LengthDistribution:
-    return raw if isinstance(raw, LengthDistribution) else LengthDistribution.parse(str(raw), flag)
+    if isinstance(raw, LengthDistribution):
+        return raw
+    dist = LengthDistribution.parse(str(raw), flag)
+    counts = (dist.a,) if dist.kind == "fixed" else (dist.a, dist.b) if dist.kind == "uniform" else ()
+    if any(c != int(c) for c in counts):
+        raise LoadgenError(f"{flag}: {raw!r}: token counts are whole numbers, e.g. {int(counts[0])} or "
+                           f"uniform:{int(dist.a)},{int(dist.b) or int(dist.a)}")
+    if max(dist.a, dist.b) > MAX_TOKENS:
+        raise LoadgenError(f"{flag}: {raw!r} is more tokens than any model's context ({MAX_TOKENS}); give a "
+                           "count like 512")
+    return dist
 
 
 class Slo(dict):
@@ -173,6 +195,7 @@ positive_int = Kind(_number(int, 0, False, "integer"), (int,))
 nonneg_int = Kind(_number(int, 0, True, "integer"), (int,))
 integer = Kind(_integer, (int,))
 fraction = Kind(_fraction, _NUM, repr)
+port = Kind(_port, (int,))
 duration = Kind(_duration, (str, *_NUM), _show_seconds)
 text = Kind(_text, (str,))
 switch = Kind(_switch, (bool,))

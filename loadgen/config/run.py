@@ -8,7 +8,9 @@ Every field is declared once, with its kind (how its value is read), its help (i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from backends.registry import ENDPOINTS, FRAMEWORKS
 from loadgen.config import kinds as k
@@ -54,7 +56,7 @@ class TargetConfig(Section):
         help="put DIR first on the launched framework's PYTHONPATH (repeatable): an engine installed with `pip "
              "install --target DIR` from `loadgen engine-wheels`, for machines without internet")
     docker: bool = option(False, k.switch, action="switch", help="launch the framework's official image")
-    port: int | None = option(None, k.positive_int, help="port for a launched framework (default: a free one)")
+    port: int | None = option(None, k.port, help="port for a launched framework (default: a free one)")
     dry_run: bool = option(False, k.switch, action="switch",
                            help="print the exact launch command and environment, start nothing")
     api_key: str | None = option(None, k.text, repr=False, help="bearer token for the server (default: "
@@ -74,6 +76,7 @@ class TargetConfig(Section):
             if not (self.url.startswith("http://") or self.url.startswith("https://")):
                 raise ConfigError(f"--url {self.url!r} needs a scheme: write http://{self.url} (or https://)", "url")
             object.__setattr__(self, "url", self.url.rstrip("/"))
+            _check_base_url(self.url)
             if self.backend == "sim":
                 raise ConfigError("--backend sim starts its own server; drop --url, or use --backend openai with --url")
             if self.profile:
@@ -86,10 +89,45 @@ class TargetConfig(Section):
         if self.backend in FRAMEWORKS and not self.model and not self.url:
             raise ConfigError(f"--backend {self.backend} needs --model: a catalog model (7b, 13b, 70b, 8b), an HF id "
                               "or a local model directory")
+        if self.backend not in FRAMEWORKS or self.url:  # flags of a launch that will not happen are mistakes
+            launch = [flag for flag, given in (("--engine-arg", self.engine_arg), ("--docker", self.docker),
+                                               ("--port", self.port), ("--tp", self.tp)) if given]
+            if not self.url or self.backend not in FRAMEWORKS:  # attached, they tell which version serves
+                launch += [flag for flag, given in (("--engine-cmd", self.engine_cmd),
+                                                    ("--engine-path", self.engine_path)) if given]
+            if launch:
+                what = "--url attaches to a running server" if self.url else "the embedded sim is not launched by them"
+                raise ConfigError(f"{launch[0]} applies to a launched framework (--backend vllm, tgi, ...), and "
+                                  f"{what}; drop {launch[0]}")
         if self.engine_cmd and self.docker:
             raise ConfigError("--engine-cmd replaces the local executable; it does not combine with --docker")
         if self.engine_path and self.docker:
             raise ConfigError("--engine-path adds to the local PYTHONPATH; it does not combine with --docker")
+
+
+# the API paths loadgen adds to --url itself: a base URL that already ends in one would be asked for /v1/v1/...
+API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1", "/generate_stream", "/generate",
+             "/v2/models")
+
+
+def _check_base_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"--url {url!r} is not a valid URL ({exc}); write e.g. http://127.0.0.1:8000", "url") from None
+    if not parts.hostname:
+        raise ConfigError(f"--url {url!r} has no host; write e.g. http://127.0.0.1:8000", "url")
+    path = parts.path.rstrip("/")
+    for api in API_PATHS:
+        if path.endswith(api) or f"{api}/" in path:
+            base = urlunsplit((parts.scheme, parts.netloc, path[: path.index(api)], "", ""))
+            raise ConfigError(f"--url {url!r} already holds the API path {api}: give the server's base URL "
+                              f"{base} (loadgen adds {api if api.startswith('/v1/') else '/v1/completions'} "
+                              "and the other paths itself)", "url")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"--url {url!r} has a query or fragment, which loadgen would drop; give the base URL "
+                          "only", "url")
 
 
 @dataclass(frozen=True)
@@ -105,7 +143,7 @@ class WorkloadConfig(Section):
                                                                 "the model's context length)")
     tokenizer: str | None = option(None, k.text, help="tokenizer.json or a tokenizer directory, for exact prompt "
                                                       "lengths (default: an approximation, recorded in the results)")
-    seed: int = option(0, k.integer, help="seed for lengths, prompts, sampling and arrivals (default 0)")
+    seed: int = option(0, k.nonneg_int, help="seed for lengths, prompts, sampling and arrivals (default 0)")
     dataset: str | None = option(None, k.text, scenario="workload.dataset",
                                  help="ShareGPT JSON/JSONL, JSONL prompts, or an Azure/BurstGPT CSV trace (bare names "
                                       "find scenarios/data/ samples)")
@@ -193,6 +231,36 @@ class OutputConfig(Section):
     quiet: bool = option(False, k.switch, action="switch", help="no progress bar and no table")
     report: bool = option(False, k.switch, action="switch", help="write report.html at the end (needs matplotlib)")
     csv: bool = option(False, k.switch, action="switch", help="also write requests.csv and summary.csv")
+
+
+    def check(self) -> None:
+        if self.dir:
+            _check_output_path(self.dir)
+
+
+def _check_output_path(path: str) -> None:
+    """A name the file system cannot hold is found here, before a server is launched, not as an OSError later."""
+    limit = 255
+    try:
+        limit = os.pathconf(_existing_parent(path), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        pass
+    for part in path.split(os.sep):
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(f"--output: the name {part[:24]}... is {len(os.fsencode(part))} bytes, more than the "
+                              f"file system's {limit}; choose a shorter --output", "dir")
+    if "\0" in path:
+        raise ConfigError("--output holds a NUL character; choose another --output", "dir")
+
+
+def _existing_parent(path: str) -> str:
+    here = os.path.abspath(path)
+    while not os.path.isdir(here):
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    return here
 
 
 @dataclass(frozen=True)

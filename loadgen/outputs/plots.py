@@ -16,6 +16,8 @@ def _pyplot():
 
         raise LoadgenError("reports need matplotlib: pip install 'dissect[report]' (or pip install matplotlib)") from None
     matplotlib.use("Agg")
+    # every text in these figures is data (run names, metric names): `$` in a run name is not TeX math
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

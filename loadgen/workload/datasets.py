@@ -254,6 +254,15 @@ def _parse_time(value: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+def _check_time(path: Path, line: int, text: str, t: float) -> None:
+    """A replay sends at these times: one that is not finite would wait forever, and a negative one is a broken
+    file, so each is refused with its line. Rows out of order are sorted (each keeps its own lengths)."""
+    if not math.isfinite(t):
+        raise LoadgenError(f"{path}:{line}: timestamp {text!r} is not a finite time; fix or drop that row")
+    if t < 0:
+        raise LoadgenError(f"{path}:{line}: timestamp {text!r} is negative; trace times count up from 0 or a date")
+
+
 def _trace(path: Path, fmt: str, skipped: Counter) -> Iterator[DatasetRecord]:
     t_col, in_col, out_col = _TRACE_COLUMNS[fmt]
     rows: list[tuple[float, int, int]] = []
@@ -270,6 +279,7 @@ def _trace(path: Path, fmt: str, skipped: Counter) -> Iterator[DatasetRecord]:
                 if n_in < 1 or n_out < 1:
                     skipped["zero-token request or response"] += 1
                     continue
+                _check_time(path, reader.line_num, row[t_col], t)
                 rows.append((t, n_in, n_out))
     except (OSError, UnicodeDecodeError) as exc:
         raise LoadgenError(f"cannot read dataset {path}: {exc}") from None
