@@ -124,9 +124,12 @@ class Share:
     fed: bool  # closed loop: later items come from the parent as its users take them
 
 
-async def finish_all(tasks: set[asyncio.Task]) -> None:
-    """Wait for in-flight requests; if we are cancelled meanwhile, cancel them and wait for their records."""
+async def finish_all(tasks: set[asyncio.Task], scheduling: Awaitable[None] | None = None) -> None:
+    """Wait for `scheduling` (what adds to `tasks`), then for in-flight requests; if we are cancelled meanwhile,
+    cancel them and wait for their records (a stop: each ends as a `cancelled` record)."""
     try:
+        if scheduling is not None:
+            await scheduling
         await asyncio.gather(*tasks)
     except asyncio.CancelledError:
         for t in tasks:
@@ -162,7 +165,8 @@ class OpenLoop:
     async def drive(self, sender: Sender, work: Schedule, stop: StopSignal, users: int | None = None) -> None:
         tasks: set[asyncio.Task] = set()
         origin_ns = sender.origin_ns
-        try:
+
+        async def schedule() -> None:
             for position, spec, offset in zip(work.positions, work.specs, work.offsets):
                 # uvloop's timers have millisecond resolution and can fire early: sleep again until truly due.
                 while (delay := offset - (time.perf_counter_ns() - origin_ns) / 1e9) > 0:
@@ -170,12 +174,8 @@ class OpenLoop:
                 task = asyncio.create_task(sender.conversation(spec, position, offset))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-        except asyncio.CancelledError:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        await finish_all(tasks)
+
+        await finish_all(tasks, schedule())
 
 
 class TraceReplay(OpenLoop):
