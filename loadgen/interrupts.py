@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -121,6 +120,10 @@ class Interrupts:
             self.force()
         self.signal_name = signal.Signals(signum).name
         self.phase_when_stopped = self.phase
+        what = ("finishing the summary first" if self._deferring else
+                "cancelling in-flight requests, keeping what was measured" if self._run_stop is not None else
+                "stopping the engine" if self._force else "stopping")
+        _say(f"\nloadgen: {self.signal_name} while {self.phase}: {what} (again to exit at once)\n")
         if self._run_stop is not None or (self._task is not None and not self._deferring):
             loop = self._loop if self._loop is not None else _running_loop()
             if loop is not None:
@@ -138,7 +141,7 @@ class Interrupts:
             self._task.cancel()
 
     def force(self) -> None:
-        print("\nloadgen: second stop signal: killing the engine and exiting now", file=sys.stderr, flush=True)
+        _say("\nloadgen: second stop signal: " + ("killing the engine and " if self._force else "") + "exiting now\n")
         for kill in reversed(self._force):
             try:
                 kill()
@@ -168,6 +171,15 @@ class Interrupts:
             open(path + ".reached", "w").close()
             while not os.path.exists(path):
                 await asyncio.sleep(0.02)
+
+
+def _say(text: str) -> None:
+    """One unbuffered write: a handler that used sys.stderr could interrupt a write to it (the progress bar) and
+    fail with a reentrant-call error inside whatever was running."""
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

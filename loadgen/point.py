@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +124,20 @@ async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workl
     """(summary, interrupted). Records are on disk the moment each request ends; Ctrl-C stops the point.
     Nothing per request is held in memory during the run: the summary is computed from requests.jsonl."""
     settings = point_settings(config)
-    slo = settings.slo
     protocol = protocol_for(endpoint.protocol_name, settings.ignore_eos, endpoint.info.get("name"))
     target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
     workers = choose_workers(settings.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
-    info = run_json.RunJson(run_dir, _run_info(settings, endpoint, protocol, plan, workload, workers, slo, headers),
+    info = run_json.RunJson(run_dir, _run_info(settings, endpoint, protocol, plan, workload, workers, settings.slo,
+                                               headers),
                             workload)
+    with INTERRUPTS.on_force(lambda: _forced(info)):
+        return await _run(settings, endpoint, protocol, target, workers, info, plan, workload, run_dir, headers, label)
+
+
+async def _run(settings: PointSettings, endpoint: Endpoint, protocol, target: Target, workers: int,
+               info: run_json.RunJson, plan: LoadPlan, workload, run_dir: Path, headers: dict[str, str],
+               label: str) -> tuple[dict, bool]:
+    slo = settings.slo
     events = RunEvents()
     for listener in [*listeners_for(settings, endpoint, run_dir, headers, workload, plan, label), info]:
         events.subscribe(listener)  # run.json is final after the summary's files: a finished run has them
@@ -202,6 +209,13 @@ def record_interrupted_start(run_dir: Path, config: RunConfig) -> None:
     })
 
 
+def _forced(info: run_json.RunJson) -> None:
+    """A second signal exits at once: run.json must not keep saying `running`."""
+    if info.info.get("status") == "running":
+        info.ended("interrupted", interrupted_in=INTERRUPTS.phase_when_stopped, signal=INTERRUPTS.signal_name,
+                   forced=True)
+
+
 class _RunStop:
     """The first stop signal during a point (loadgen/interrupts.py calls it in the event loop): cancel in-flight
     requests, keep and summarise what was measured. A second one is the interrupts' forced exit."""
@@ -214,6 +228,4 @@ class _RunStop:
         if self.requested or self.task is None:
             return
         self.requested = True
-        print("\nstopping: cancelling in-flight requests and writing results (Ctrl-C again to force)",
-              file=sys.stderr)
         self.task.cancel()

@@ -38,7 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return await run_point(endpoint, config, plan, workload, run_dir, prepared.headers, prepared.count_tokens)
 
     try:
-        summary, interrupted = eventloop.run(INTERRUPTS.guarded(go()))
+        with INTERRUPTS.on_force(lambda: record_interrupted_start(run_dir, config)):  # a forced exit says so too
+            summary, interrupted = eventloop.run(INTERRUPTS.guarded(go()))
     except USER_ERRORS as exc:
         record_failed_start(run_dir, config, exc)
         raise
