@@ -68,7 +68,9 @@ class Interrupts:
             yield
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                # Once stopped, the command is only exiting: a further signal is ignored, not allowed to kill the
+                # interpreter's shutdown (Python resets its own handlers then) with a status other than 130.
+                signal.signal(sig, signal.SIG_IGN if self.requested else handler)
 
     def enter(self, phase: str) -> None:
         self.phase = phase
