@@ -258,9 +258,13 @@ def test_a_stop_signal_in_every_phase(tmp_path, sim, phase, sig_name):
         if killed:
             assert len(records) <= counted  # requests in flight at the SIGKILL have no record
         elif not forced:
-            assert len(records) == counted, (len(records), counted)
+            # Every request the server received has its record. A request cancelled before its bytes reached the
+            # server may have one too (as `cancelled`, before any response): the only difference allowed.
+            unseen = [r for r in records if r["status"] == "cancelled" and r["http_status"] is None]
+            assert counted <= len(records) <= counted + len(unseen), (len(records), counted)
             statuses = {r["status"] for r in records}
             assert statuses <= {"ok", "cancelled"}, statuses
+            print(f"\n{phase} {sig_name}: {len(records)} records, server counted {counted}")
 
     # the summary, whenever requests finished and the stop was not forced
     summary_path = case.out / "summary.json"
@@ -268,3 +272,61 @@ def test_a_stop_signal_in_every_phase(tmp_path, sim, phase, sig_name):
         summary = json.loads(summary_path.read_text())
         assert summary["requests"]["total"] == len(records)
         assert summary["interrupted"] is (phase != "summarising")
+
+
+# -- the race the parent-death signal alone cannot cover: a parent that died before the child armed it -------------
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped): no child can have it as its parent."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_supervisor_launches_nothing_when_its_parent_is_already_gone(tmp_path):
+    marker = tmp_path / "started"
+    proc = subprocess.run([sys.executable, "-m", "backends.supervise", str(_dead_pid()), "--", sys.executable, "-c",
+                           f"open({str(marker)!r}, 'w')"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not marker.exists(), proc.stderr
+
+
+def test_sim_exits_at_start_when_its_parent_is_already_gone():
+    """The sim's watcher used to take the parent from getppid() after its imports: a parent that died meanwhile
+    was never noticed (the sim's parent was then init) and the sim served forever."""
+    proc = subprocess.run([sys.executable, "-m", "backends.sim", "--port", "0", "--exit-with-parent", str(_dead_pid())],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "listening" not in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_supervisor_passes_the_engine_exit_status_and_stops_the_group_when_the_parent_dies(tmp_path):
+    """A parent (a shell that exits) starts the supervisor; the engine and its child outlive the parent only
+    until the supervisor notices: then the whole group is gone."""
+    code = subprocess.run([sys.executable, "-m", "backends.supervise", str(os.getpid()), "--", sys.executable, "-c",
+                           "import sys; sys.exit(7)"], cwd=ROOT, timeout=60).returncode
+    assert code == 7
+    pids = tmp_path / "pids"
+    engine = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(3600)']); open({str(pids)!r}, 'w').write(f'{{c.pid}}'); time.sleep(3600)")
+    # The parent: starts the supervisor in a new session (as ServerProcess does), prints its pid once the engine's
+    # child runs, and exits when its stdin closes.
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\np = subprocess.Popen([sys.executable, '-m', 'backends.supervise', "
+        f"str(os.getpid()), '--grace', '1', '--', sys.executable, '-c', {engine!r}], start_new_session=True)\n"
+        f"while not os.path.exists({str(pids)!r}): time.sleep(0.02)\nprint(p.pid, flush=True)\nsys.stdin.read()")],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    supervisor = int(parent.stdout.readline())
+    group = _descendants(supervisor)
+    assert len(group) == 3  # supervisor, engine, engine's child
+    parent.stdin.close()
+    assert parent.wait(timeout=60) == 0
+    deadline = time.monotonic() + TIMEOUT_S
+    while _alive(group) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(group)
+
+
+def test_parent_death_signal_degrades_to_polling_where_there_is_no_prctl(monkeypatch):
+    from backends import supervise
+
+    monkeypatch.setattr(supervise.sys, "platform", "darwin")
+    assert supervise.set_parent_death_signal() is False
+    assert supervise.die_with_parent(os.getppid()) is True  # the check that polling relies on still works
