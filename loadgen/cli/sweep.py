@@ -178,7 +178,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return None
 
     try:
-        search = eventloop.run(INTERRUPTS.guarded(go()))
+        with INTERRUPTS.on_force(lambda: None if points else record_interrupted_start(base, config)):
+            search = eventloop.run(INTERRUPTS.guarded(go()))
     except USER_ERRORS as exc:
         record_failed_start(base, config, exc)
         raise
