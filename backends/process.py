@@ -1,9 +1,12 @@
-"""ServerProcess: start a serving engine in its own process group, wait until it is ready, always stop it."""
+"""ServerProcess: start a serving engine in its own process group, wait until it is ready, always stop it; and,
+should the launcher die without stopping it (even by SIGKILL), the engine's group stops itself (backends/supervise.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from backends.errors import BackendError
+from backends.supervise import supervised_argv
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -40,7 +44,12 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 
 class ServerProcess:
-    """Lifecycle of one launched server. Use as a context manager, or call start/stop in try/finally."""
+    """Lifecycle of one launched server. Use as a context manager, or call start/stop in try/finally.
+
+    The process group's leader is a supervisor (backends/supervise.py) that runs `argv` in the group and stops the
+    group when this process dies; `supervise=False` for an engine of one process that watches its parent itself
+    (the simulated engine's --exit-with-parent), which saves starting an interpreter. Call start() from a thread
+    that lives as long as the server (the main thread): Linux's parent-death signal follows the thread."""
 
     def __init__(
         self,
@@ -50,6 +59,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         startup_timeout: float = 600.0,
         name: str = "server",
+        supervise: bool = True,
     ):
         if not argv or not all(isinstance(a, str) for a in argv):
             raise BackendError("launch command must be a non-empty argv list of strings")
@@ -59,6 +69,7 @@ class ServerProcess:
         self.env = env
         self.startup_timeout = startup_timeout
         self.name = name
+        self.supervise = supervise
         self.proc: subprocess.Popen | None = None
         self.ready_after_s: float | None = None
 
@@ -66,9 +77,14 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         env = {**os.environ, **(self.env or {})}
+        if self.supervise and not _executable(self.argv[0], env):
+            log.close()
+            raise BackendError(f"cannot start {self.name} ({self.argv[0]}): no such executable file (check the "
+                               "command, or PATH)")
+        argv = supervised_argv(self.argv, os.getpid()) if self.supervise else self.argv
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,
             )
         except OSError as exc:
@@ -157,6 +173,13 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _executable(program: str, env: dict[str, str]) -> bool:
+    """What exec would find: the supervisor reports a missing program only in the log, after the launch."""
+    if os.sep in program:
+        return os.path.isfile(program) and os.access(program, os.X_OK)
+    return shutil.which(program, path=env.get("PATH", os.defpath)) is not None
 
 
 def _wait_group_gone(pgid: int, timeout_s: float) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import shlex
 import sys
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import AsyncIterator
@@ -20,6 +20,7 @@ from backends.sim import command as sim_backend
 from backends.sim.config import SimConfig
 from loadgen.config import RunConfig, TargetConfig
 from loadgen.errors import LoadgenError
+from loadgen.interrupts import INTERRUPTS
 from loadgen.redaction import remember_env
 from scenarios.catalog import CatalogError, get_model
 
@@ -34,11 +35,6 @@ class Endpoint:
     server: ServerProcess | None = None
     protocol_name: str = "completions"
     metrics_url: str | None = None
-
-    def kill(self) -> None:
-        """Immediate SIGKILL of the launched server's process group (forced exit); no-op when attached by URL."""
-        if self.server is not None:
-            self.server.kill_now()
 
 
 def launch_spec(target: TargetConfig, max_context: int | None, port: int | None = None) -> LaunchSpec:
@@ -106,9 +102,16 @@ async def _engine_version(spec: LaunchSpec) -> str | None:
         proc = await asyncio.create_subprocess_exec(*spec.version_argv, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.DEVNULL,
                                                     env={**os.environ, **spec.env})
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
-    except (OSError, asyncio.TimeoutError):
+    except OSError:
         return None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        if proc.returncode is None:  # timed out, or the run was stopped meanwhile: leave nothing behind
+            proc.kill()
+            await asyncio.shield(proc.wait())
     lines = out.decode(errors="replace").strip().splitlines()
     return lines[-1].strip() if proc.returncode == 0 and lines else None
 
@@ -145,7 +148,9 @@ async def open_endpoint(run: RunConfig, config: SimConfig | None, log_dir: Path,
     """The target of `run`, launched (and always stopped) or attached; `config` is sim_config(run.target)."""
     server: ServerProcess | None = None
     target = run.target
+    forced = ExitStack()  # a second stop signal kills the launched engine's group before exiting
     try:
+        INTERRUPTS.enter("launching")
         backend = target.backend
         info: dict = {"name": backend, "simulated": config is not None}
         spec: LaunchSpec | None = None
@@ -155,10 +160,15 @@ async def open_endpoint(run: RunConfig, config: SimConfig | None, log_dir: Path,
             port = find_free_port()
             url = f"http://127.0.0.1:{port}"
             argv = sim_backend.launch_argv(config.model.name, config.gpu.key, config.tp, "127.0.0.1", port,
-                                           config.profile.path if config.profile else None)
+                                           config.profile.path if config.profile else None, parent_pid=os.getpid())
+            # One process that watches its parent itself (--exit-with-parent): no supervisor needed.
             server = ServerProcess(argv, log_dir / "server.log", url + "/health",
-                                   startup_timeout=target.startup_timeout or 120.0, name="simulated engine")
+                                   startup_timeout=target.startup_timeout or 120.0, name="simulated engine",
+                                   supervise=False)
             server.start()
+            forced.enter_context(INTERRUPTS.on_force(server.kill_now))
+            await INTERRUPTS.reach_async("launching")
+            INTERRUPTS.enter("waiting for readiness")
             await server.wait_ready()
             info.update(launch_command=argv, ready_after_s=server.ready_after_s, log=str(log_dir / "server.log"),
                         pid=server.proc.pid if server.proc else None, sim=await get_json(url + "/sim/info"))
@@ -171,12 +181,16 @@ async def open_endpoint(run: RunConfig, config: SimConfig | None, log_dir: Path,
             server = ServerProcess(spec.argv, log_dir / "server.log", url + spec.ready_path, env=spec.env,
                                    startup_timeout=target.startup_timeout or 1800.0, name=backend)
             server.start()
+            forced.enter_context(INTERRUPTS.on_force(server.kill_now))
+            await INTERRUPTS.reach_async("launching")
+            INTERRUPTS.enter("waiting for readiness")
             await server.wait_ready()
             info.update(launch_command=spec.argv, launch_env=spec.env, ready_after_s=server.ready_after_s,
                         pid=server.proc.pid if server.proc else None,
                         log=str(log_dir / "server.log"), docker_image=spec.docker_image, weights=spec.weights,
                         version=await _server_version(url, spec))
         else:
+            INTERRUPTS.enter("connecting")
             url = target.url
             if backend in FRAMEWORKS:
                 spec = launch_spec(target, run.workload.max_context)
@@ -215,7 +229,10 @@ async def open_endpoint(run: RunConfig, config: SimConfig | None, log_dir: Path,
         metrics = url + spec.metrics_path if spec is not None and spec.metrics_path else None
         if config is not None:
             metrics = url + "/metrics"
+        INTERRUPTS.enter("preparing the workload")
         yield Endpoint(url, model, max_context, simulated, info, server, protocol_name, metrics)
+        INTERRUPTS.enter("stopping the engine")
     finally:
         if server is not None:
             server.stop()
+        forced.close()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from loadgen import run_json
 from loadgen.client import Target
 from loadgen.config import RunConfig
 from loadgen.endpoint import Endpoint
+from loadgen.interrupts import INTERRUPTS
 from loadgen.listeners.files import CsvFiles, HtmlReport, RecordFile, SummaryFile
 from loadgen.listeners.progress import ProgressBar
 from loadgen.listeners.sim_truth import SimGroundTruth
@@ -29,6 +28,7 @@ from loadgen.load.processes import ProcessRunner, choose_workers, client_summary
 from loadgen.metrics import client_cpu_warning, summarize
 from loadgen.records import read_records
 from loadgen.run_events import RunEvents, RunResult
+from loadgen.rundir import environment, utc_now, write_json
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,20 @@ async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workl
     """(summary, interrupted). Records are on disk the moment each request ends; Ctrl-C stops the point.
     Nothing per request is held in memory during the run: the summary is computed from requests.jsonl."""
     settings = point_settings(config)
-    slo = settings.slo
     protocol = protocol_for(endpoint.protocol_name, settings.ignore_eos, endpoint.info.get("name"))
     target = Target(endpoint.url, endpoint.model, protocol, headers, count_tokens)
     workers = choose_workers(settings.workers, plan, os.cpu_count() or 1, on_this_host(endpoint.url))
-    info = run_json.RunJson(run_dir, _run_info(settings, endpoint, protocol, plan, workload, workers, slo, headers),
+    info = run_json.RunJson(run_dir, _run_info(settings, endpoint, protocol, plan, workload, workers, settings.slo,
+                                               headers),
                             workload)
+    with INTERRUPTS.on_force(lambda: _forced(info)):
+        return await _run(settings, endpoint, protocol, target, workers, info, plan, workload, run_dir, headers, label)
+
+
+async def _run(settings: PointSettings, endpoint: Endpoint, protocol, target: Target, workers: int,
+               info: run_json.RunJson, plan: LoadPlan, workload, run_dir: Path, headers: dict[str, str],
+               label: str) -> tuple[dict, bool]:
+    slo = settings.slo
     events = RunEvents()
     for listener in [*listeners_for(settings, endpoint, run_dir, headers, workload, plan, label), info]:
         events.subscribe(listener)  # run.json is final after the summary's files: a finished run has them
@@ -145,30 +153,39 @@ async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workl
                   else LocalRunner(target, workload, plan, events))
         return await runner.run()
 
+    stop = _RunStop()
     try:
-        # The stop handlers cover the listeners' start and the runner's (worker processes take seconds to start)
-        # as well as the load: a Ctrl-C there stops the point with nothing sent, not with a traceback.
+        # The run's stop covers the listeners' start and the runner's (worker processes take seconds to start) as
+        # well as the load: a signal there stops the point with nothing sent, not with a traceback.
+        INTERRUPTS.enter("running")
         point_task = asyncio.create_task(start_and_run())
-        stop = _StopHandlers(point_task, endpoint.kill)
-        try:
-            outcome = await point_task
-        except asyncio.CancelledError:
-            if not stop.requested:
-                raise
-            outcome = LoadOutcome(time.perf_counter_ns(), [], True, 0.0)  # stopped before the clock started
-        finally:
-            stop.remove()
-            client_cpu = (time.process_time() - clock[0], time.perf_counter() - clock[1])
+        stop.task = point_task
+        with INTERRUPTS.run_stop(stop):
+            try:
+                outcome = await point_task
+            except asyncio.CancelledError:
+                if not stop.requested:
+                    raise
+                outcome = LoadOutcome(time.perf_counter_ns(), [], True, 0.0)  # stopped before the clock started
+            finally:
+                client_cpu = (time.process_time() - clock[0], time.perf_counter() - clock[1])
     except BaseException as exc:
         info.failed(exc)
         raise
     finally:
         await events.stopped.fire_and_wait(outcome)
 
-    records = read_records(run_dir / "requests.jsonl")
-    summary = _summary(records, slo, endpoint, workload, outcome, client_cpu)
-    await events.finished.fire_and_wait(RunResult(run_dir, records, summary, outcome))
-    return summary, outcome.interrupted
+    # A signal from here on is noted and the summary finished first: it takes moments, and it is what the run
+    # measured. A second signal still exits at once.
+    with INTERRUPTS.deferred("summarising"):
+        INTERRUPTS.reach("summarising")
+        records = read_records(run_dir / "requests.jsonl")
+        summary = _summary(records, slo, endpoint, workload, outcome, client_cpu)
+        await events.finished.fire_and_wait(RunResult(run_dir, records, summary, outcome))
+        late = INTERRUPTS.requested and not outcome.interrupted
+        if late:  # the load was complete; run.json says what stopped the command
+            info.ended("interrupted", interrupted_in=INTERRUPTS.phase_when_stopped, signal=INTERRUPTS.signal_name)
+    return summary, outcome.interrupted or late
 
 
 def record_failed_start(run_dir: Path, config: RunConfig, error: BaseException) -> None:
@@ -176,33 +193,39 @@ def record_failed_start(run_dir: Path, config: RunConfig, error: BaseException) 
     run_json.record_failed_start(run_dir, config.scenario_name, error)
 
 
-class _StopHandlers:
-    """First Ctrl-C/SIGTERM: cancel in-flight requests, keep and summarise what was measured. Second: kill the
-    launched server's process group and exit at once (records already written stay on disk)."""
-
-    def __init__(self, task: asyncio.Task, kill_server) -> None:
-        self.task, self.kill_server, self.hits = task, kill_server, 0
-        self.loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            self.loop.add_signal_handler(sig, self.stop)
-
-    @property
-    def requested(self) -> bool:
-        return self.hits > 0
-
-    def stop(self) -> None:
-        self.hits += 1
-        if self.hits == 1:
-            print("\nstopping: cancelling in-flight requests and writing results (Ctrl-C again to force)",
-                  file=sys.stderr)
-            self.task.cancel()
-        else:
-            self.kill_server()
-            os._exit(130)
-
-    def remove(self) -> None:
-        for sig in STOP_SIGNALS:
-            self.loop.remove_signal_handler(sig)
+def record_interrupted_start(run_dir: Path, config: RunConfig) -> None:
+    """A run stopped by a signal before its first point started (launching the engine, waiting for it to be ready,
+    preparing the workload) leaves a run.json saying so, and in which phase; a point's own run.json says the rest."""
+    if (run_dir / "run.json").exists():
+        return
+    write_json(run_dir / "run.json", {
+        "status": "interrupted",
+        "finished_at": utc_now(),
+        "interrupted_in": INTERRUPTS.phase_when_stopped,
+        "signal": INTERRUPTS.signal_name,
+        "environment": environment(),
+        "scenario": config.scenario_name,
+        "server_log": str(run_dir / "server.log") if (run_dir / "server.log").exists() else None,
+    })
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+def _forced(info: run_json.RunJson) -> None:
+    """A second signal exits at once: run.json must not keep saying `running`."""
+    if info.info.get("status") == "running":
+        info.ended("interrupted", interrupted_in=INTERRUPTS.phase_when_stopped, signal=INTERRUPTS.signal_name,
+                   forced=True)
+
+
+class _RunStop:
+    """The first stop signal during a point (loadgen/interrupts.py calls it in the event loop): cancel in-flight
+    requests, keep and summarise what was measured. A second one is the interrupts' forced exit."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.requested = False
+
+    def __call__(self) -> None:
+        if self.requested or self.task is None:
+            return
+        self.requested = True
+        self.task.cancel()

@@ -115,10 +115,21 @@ def test_a_signal_while_the_run_starts_stops_it_cleanly(tmp_path, start_sim, sig
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["requests"]["total"] == len(_records(out)) < ASKED
     deadline = time.monotonic() + 10
-    while _worker_processes() and time.monotonic() < deadline:
+    while _in_session(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _worker_processes()
+    assert not _in_session(proc.pid)
 
 
-def _worker_processes() -> bool:
-    return subprocess.run(["pgrep", "-f", "--", "-m loadgen.load.worker"], capture_output=True).returncode == 0
+def _in_session(sid: int) -> list[int]:
+    """Live processes of the run's session (it was started in one of its own; its client workers stay in it). Not
+    `pgrep -f loadgen.load.worker`: that also sees other runs' workers on the machine, and failed when one ran."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split() if stat else []
+        if fields and int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(entry))
+    return found

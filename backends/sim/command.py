@@ -16,6 +16,7 @@ from backends.errors import BackendError
 from backends.eventloop import serve_until_stopped
 from backends.sim.config import SimConfig, build_config
 from backends.sim.server import SimServer
+from backends.supervise import die_with_parent, parent_alive
 from scenarios.catalog import CatalogError
 
 __all__ = ["add_sim_arguments", "build_config", "launch_argv", "main", "serve"]
@@ -66,23 +67,30 @@ def serve(config: SimConfig, host: str, port: int) -> None:
     serve_until_stopped(server.app, host, port, started)
 
 
-def _exit_when_orphaned() -> None:
-    """Launched by loadgen: if loadgen dies without stopping us (SIGKILL), do not linger."""
-    parent = os.getppid()
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Launched by loadgen: if loadgen dies without stopping us (SIGKILL), do not linger. The parent's pid comes
+    on the command line: by the time our imports are done it may be dead already, and getppid() would then be
+    init's. The parent-death signal (SIGTERM, Linux) stops the server cleanly; polling covers macOS."""
+    if not die_with_parent(parent_pid):
+        os._exit(0)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while parent_alive(parent_pid):
             time.sleep(0.5)
         os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def launch_argv(model: str, gpu: str, gpus: int, host: str, port: int, profile: str | None = None) -> list[str]:
-    """How loadgen starts the sim: a separate process, so its work never competes with the client's event loop."""
+def launch_argv(model: str, gpu: str, gpus: int, host: str, port: int, profile: str | None = None,
+                parent_pid: int | None = None) -> list[str]:
+    """How loadgen starts the sim: a separate process, so its work never competes with the client's event loop.
+    With `parent_pid` the sim exits by itself once that process is gone."""
     extra = ["--profile", str(Path(profile).resolve())] if profile else []
+    if parent_pid is not None:
+        extra += ["--exit-with-parent", str(parent_pid)]
     return [sys.executable, "-m", "backends.sim", "--model", model, "--gpu", gpu, "--gpus", str(gpus),
-            "--host", host, "--port", str(port), "--exit-with-parent", *extra]
+            "--host", host, "--port", str(port), *extra]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     add_sim_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--exit-with-parent", type=int, default=None, metavar="PID", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.exit_with_parent:
-        _exit_when_orphaned()
+    if args.exit_with_parent is not None:
+        _exit_when_orphaned(args.exit_with_parent)
     try:
         config = build_config(
             args.model, args.gpu, args.gpus, served_model_name=args.served_model_name,

@@ -9,9 +9,8 @@ import argparse
 import sys
 from typing import NoReturn
 
-from loadgen.cli.common import USER_ERRORS, error_line
+from loadgen.interrupts import EXIT_INTERRUPTED, INTERRUPTS
 from loadgen.redaction import redact, remember_argv
-from loadgen.rundir import TOOL_VERSION
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,6 +28,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> Parser:
     from loadgen.cli import locust, run, sweep, tools
     from loadgen.plan.command import add_parser as add_plan_parser
+    from loadgen.rundir import TOOL_VERSION
 
     parser = Parser(prog="loadgen", description="Load-test LLM serving: TTFT, TPOT, ITL, E2EL, throughput, goodput.")
     parser.add_argument("--version", action="version", version=f"loadgen (dissect) {TOOL_VERSION}")
@@ -44,19 +44,35 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """SIGINT, SIGTERM and SIGHUP are handled from here on, in every phase (loadgen/interrupts.py): whichever
+    stopped the command, it exits 130. Nothing slow is imported before this line."""
+    with INTERRUPTS.installed():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     remember_argv(sys.argv[1:] if argv is None else argv)  # every line printed or written masks these values
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "output_required", False) and not args.output:
-        parser.exit(2, f"loadgen {args.command}: error: --output DIR is required (see 'loadgen {args.command} --help')\n")
     try:
-        return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"loadgen: error: {error_line(exc)}", file=sys.stderr)
-        return 2
+        from loadgen.cli.common import USER_ERRORS, error_line
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "output_required", False) and not args.output:
+            parser.exit(2, f"loadgen {args.command}: error: --output DIR is required (see 'loadgen {args.command} "
+                           "--help')\n")
+        INTERRUPTS.reach("preparing")  # reading the options, the scenario, the tokenizer
+        try:
+            code = args.func(args)
+        except USER_ERRORS as exc:
+            if not INTERRUPTS.requested:  # a stop that surfaced as a failure (a worker it stopped) is a stop
+                print(f"loadgen: error: {error_line(exc)}", file=sys.stderr)
+                return 2
+            raise KeyboardInterrupt from None
     except KeyboardInterrupt:
-        print("loadgen: interrupted", file=sys.stderr)
-        return 130
+        phase = INTERRUPTS.phase_when_stopped or INTERRUPTS.phase
+        print(f"loadgen: interrupted ({INTERRUPTS.signal_name or 'SIGINT'} while {phase})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if INTERRUPTS.requested else code
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from loadgen.cli.common import USER_ERRORS, prepare, print_launch, print_result,
 from loadgen.config import RUN_SECTIONS, add_arguments
 from loadgen.config.assemble import build_workload, load_plan
 from loadgen.endpoint import open_endpoint
+from loadgen.interrupts import INTERRUPTS
 from loadgen.outputs.console import format_summary
-from loadgen.point import record_failed_start, run_point
+from loadgen.point import record_failed_start, record_interrupted_start, run_point
 from loadgen.run_json import every_request_failed
 from loadgen.rundir import create_run_dir
 
@@ -38,9 +39,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             return await run_point(endpoint, config, plan, workload, run_dir, prepared.headers, prepared.count_tokens)
 
     try:
-        summary, interrupted = eventloop.run(go())
+        with INTERRUPTS.on_force(lambda: record_interrupted_start(run_dir, config)):  # a forced exit says so too
+            summary, interrupted = eventloop.run(INTERRUPTS.guarded(go()))
     except USER_ERRORS as exc:
         record_failed_start(run_dir, config, exc)
+        raise
+    except KeyboardInterrupt:
+        record_interrupted_start(run_dir, config)
         raise
     print_result(config.output, summary, format_summary(summary, run_dir), run_dir)
     failure = every_request_failed(summary)

@@ -35,8 +35,9 @@ from loadgen.config import (
 )
 from loadgen.config.assemble import build_workload, load_plan
 from loadgen.endpoint import open_endpoint
+from loadgen.interrupts import INTERRUPTS
 from loadgen.pace import judge
-from loadgen.point import record_failed_start, run_point
+from loadgen.point import record_failed_start, record_interrupted_start, run_point
 from loadgen.run_json import every_request_failed
 from loadgen.rundir import create_run_dir, slug, write_json
 from loadgen.sweep import (
@@ -179,11 +180,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return None
 
     try:
-        search = eventloop.run(go())
+        with INTERRUPTS.on_force(lambda: None if points else record_interrupted_start(base, config)):
+            search = eventloop.run(INTERRUPTS.guarded(go()))
     except USER_ERRORS as exc:
         record_failed_start(base, config, exc)
         raise
     except KeyboardInterrupt:
+        if not points:
+            record_interrupted_start(base, config)
         print(f"sweep interrupted after {len(points)} point(s); results in {base}", file=sys.stderr)
         return 130
     simulated = bool(json.loads((base / "sweep.json").read_text()).get("simulated")) if points else prepared.sim is not None

@@ -115,9 +115,12 @@ class Share:
     fed: bool  # later items come from the parent: as its users take them (closed), ahead of their time (open)
 
 
-async def finish_all(tasks: set[asyncio.Task]) -> None:
-    """Wait for in-flight requests; if we are cancelled meanwhile, cancel them and wait for their records."""
+async def finish_all(tasks: set[asyncio.Task], scheduling: Awaitable[None] | None = None) -> None:
+    """Wait for `scheduling` (what adds to `tasks`), then for in-flight requests; if we are cancelled meanwhile,
+    cancel them and wait for their records (a stop: each ends as a `cancelled` record)."""
     try:
+        if scheduling is not None:
+            await scheduling
         await asyncio.gather(*tasks)
     except asyncio.CancelledError:
         for t in tasks:
@@ -163,7 +166,7 @@ class OpenLoop:
         def clock() -> float:
             return (time.perf_counter_ns() - origin_ns) / 1e9
 
-        try:
+        async def schedule() -> None:
             while (item := await work.next()) is not None:
                 position, spec, offset = item
                 work.make_ahead(clock(), offset - SPARE_S, clock)  # the idle time before this send
@@ -173,12 +176,8 @@ class OpenLoop:
                 task = asyncio.create_task(sender.conversation(spec, position, offset))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-        except asyncio.CancelledError:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        await finish_all(tasks)
+
+        await finish_all(tasks, schedule())
 
 
 class TraceReplay(OpenLoop):

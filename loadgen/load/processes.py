@@ -105,8 +105,11 @@ async def _start_worker(index: int) -> _Worker:
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     try:
+        # A process group of its own: a terminal's Ctrl-C or hang-up (SIGHUP to the foreground group) never reaches
+        # it; the parent decides and tells it over the socket, whose end is also how it learns the parent died.
         process = subprocess.Popen([sys.executable, "-m", "loadgen.load.worker", str(child_sock.fileno())],
-                                   pass_fds=[child_sock.fileno()], env=env, stdin=subprocess.DEVNULL)
+                                   pass_fds=[child_sock.fileno()], env=env, stdin=subprocess.DEVNULL,
+                                   process_group=0)
     finally:
         child_sock.close()
     reader, writer = await asyncio.open_unix_connection(sock=parent_sock)

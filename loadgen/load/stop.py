@@ -1,4 +1,5 @@
-"""The one stop signal of a run: Ctrl-C/SIGTERM (the caller cancels the run) or a crossed error limit."""
+"""The one stop signal of a run: a stop signal (SIGINT, SIGTERM, SIGHUP: loadgen/interrupts.py, through the caller,
+which cancels the run) or a crossed error limit."""
 
 from __future__ import annotations
 

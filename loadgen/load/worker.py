@@ -48,7 +48,8 @@ class _ParentFeed:
                 return None
             self.arrived.clear()
             await self.arrived.wait()
-        self.writer.write(channel.frame(("want",)))
+        if not self.writer.is_closing():  # closed: the parent is gone, and the stop follows
+            self.writer.write(channel.frame(("want",)))
         return self.queue.popleft()
 
 
@@ -69,6 +70,9 @@ async def _work(fd: int) -> None:
     stop = StopSignal()
 
     def done(record: RequestRecord) -> None:
+        if writer.is_closing():  # the parent is gone (killed): nobody to record for, so stop
+            stop.request()
+            return
         record.worker = job.index
         writer.write(channel.frame(("record", record)))
 
@@ -106,8 +110,9 @@ async def _work(fd: int) -> None:
         except asyncio.CancelledError:
             pass
         listener.cancel()
-        writer.write(channel.frame(("done", time.process_time() - cpu0, time.perf_counter() - wall0)))
-        await writer.drain()
+        if not writer.is_closing():
+            writer.write(channel.frame(("done", time.process_time() - cpu0, time.perf_counter() - wall0)))
+            await writer.drain()
     writer.close()
 
 

@@ -181,6 +181,7 @@ def read_server_metrics(path: Path, origin_ns: int | None = None) -> list[dict]:
 
 
 HEADERS_ENV = "LOADGEN_SCRAPE_HEADERS"  # the API key travels in the environment, never on a command line
+PARENT_ENV = "LOADGEN_SCRAPE_PARENT"  # loadgen's pid: it may be dead by the time the child's imports are done
 
 
 def scraper_argv(url: str, path: Path, interval_s: float) -> list[str]:
@@ -198,10 +199,11 @@ class MetricsScraper:
 
     async def start(self, timeout_s: float = 15.0) -> None:
         """Returns after the first scrape (the baseline for counters and histograms) was attempted."""
-        env = {**os.environ, HEADERS_ENV: json.dumps(self.headers)}
+        env = {**os.environ, HEADERS_ENV: json.dumps(self.headers), PARENT_ENV: str(os.getpid())}
+        # A session of its own: a terminal's hang-up or Ctrl-C never reaches it; loadgen stops it (SIGTERM).
         self.proc = await asyncio.create_subprocess_exec(
             *scraper_argv(self.url, self.path, self.interval_s), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, env=env)
+            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True)
         try:
             await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
         except asyncio.TimeoutError:
@@ -227,9 +229,9 @@ def _child(url: str, path: str, interval_s: float) -> int:
     async def go() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C reaches the whole foreground group: stop cleanly
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # stop cleanly, with a final scrape
             loop.add_signal_handler(sig, stop.set)
-        parent = os.getppid()
+        parent = int(os.environ.pop(PARENT_ENV, "0")) or os.getppid()
 
         async def orphaned() -> None:  # the parent was killed: do not scrape forever
             while not stop.is_set():
