@@ -171,7 +171,7 @@ async def send_request(
     scheduled_s: float | None,
     timeout_s: float | None,
     idle_timeout_s: float | None = None,
-) -> RequestRecord:
+) -> RequestRecord | None:
     parser = target.protocol.parser(collect_text=target.count_tokens is not None)
     body = json.dumps(target.protocol.payload(target.model, spec.prompt, spec.output_tokens)).encode()
     chunk_ns: list[int] = []
@@ -238,6 +238,8 @@ async def send_request(
     except (aiohttp.ClientError, OSError) as exc:
         status, error = "error:connection", f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
     finished_ns = clock()
+    if status == CANCELLED and not body_sent[0]:
+        return None  # stopped before its bytes left: never sent, so no record (the server never saw it)
     sent_ns = body_sent[0] or requested_ns  # never written (connection refused): when it was attempted
 
     usage = parser.usage or {}

@@ -259,3 +259,35 @@ def test_a_redirects_location_is_recorded_without_credentials():
 
     assert _without_credentials("http://user:sk-SECRET@other:8000/v1/completions") == "http://other:8000/v1/completions"
     assert _without_credentials("/v1/completions") == "/v1/completions"
+
+
+def test_a_request_stopped_before_its_bytes_left_is_no_record():
+    """The README: a request that was never sent is not a record. Through a session of one connection to a server
+    that accepts and never answers, the first request's body is written and the second waits for the connection;
+    cancelled, the first is `cancelled` and the second, never sent, returns None."""
+    import asyncio
+    import socket
+
+    from backends.protocols.openai import OpenAIProtocol
+    from loadgen.client import Target, make_session, send_request
+    from loadgen.workload.specs import RequestSpec
+
+    async def go():
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(8)  # the kernel accepts into the backlog; nothing ever answers
+        target = Target(f"http://127.0.0.1:{lsock.getsockname()[1]}", "m", OpenAIProtocol())
+        try:
+            async with make_session(1) as session:
+                tasks = [asyncio.create_task(send_request(session, target, RequestSpec(i, "p", 1, 4), 0, "measured",
+                                                          None, 60)) for i in range(2)]
+                await asyncio.sleep(1.0)
+                for t in tasks:
+                    t.cancel()
+                return await asyncio.gather(*tasks)
+        finally:
+            lsock.close()
+
+    sent, unsent = asyncio.run(go())
+    assert sent is not None and sent.status == "cancelled" and sent.http_status is None
+    assert unsent is None

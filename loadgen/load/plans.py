@@ -96,12 +96,13 @@ class Sender:
         phase = "warmup" if position < plan.warmup else "measured"
         record = await send_request(self.session, self.target, first, self.origin_ns, phase, scheduled_s,
                                     plan.timeout_s, plan.idle_timeout_s)
-        self.done(record)
         spec = first.next_turn
-        while spec is not None and record.ok:
+        while record is not None:  # None: stopped before it was sent, so not a record
+            self.done(record)
+            if spec is None or not record.ok:
+                break
             record = await send_request(self.session, self.target, spec, self.origin_ns, phase, None,
                                         plan.timeout_s, plan.idle_timeout_s)
-            self.done(record)
             spec = spec.next_turn
 
 

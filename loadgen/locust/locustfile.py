@@ -186,9 +186,13 @@ class LLMUser(User):
                                                 None, st.timeout))
         except Interrupted as stopped:
             # Killed by Locust's stop with the request in flight: recorded as `cancelled`, as `loadgen run` does on
-            # Ctrl-C, but not fired into Locust's statistics, which have no entry for a request that never ended.
-            _deliver(self.environment, self._stamped(stopped.value))
+            # Ctrl-C, but not fired into Locust's statistics, which have no entry for a request that never ended;
+            # one stopped before it was sent (None) is no record at all
+            if stopped.value is not None:
+                _deliver(self.environment, self._stamped(stopped.value))
             raise
+        if record is None:
+            return
         record = self._stamped(record)
         _fire(self.environment, record)
         _deliver(self.environment, record)
