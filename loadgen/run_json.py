@@ -38,7 +38,8 @@ class RunJson:
         counts (clipped prompts, reused dataset records) grow as its prompts are made."""
         outcome = result.outcome
         status = "interrupted" if outcome.interrupted else ("stopped_early" if outcome.stopped_early else "finished")
-        failure = every_request_failed(result.summary)
+        # a run that ran its course and measured nothing failed; an interrupted or stopped one says that instead
+        failure = every_request_failed(result.summary) if status == "finished" else None
         extra = {"error": failure} if failure else {}
         self.ended("failed" if failure else status, stopped_early=outcome.stopped_early,
                    origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s,

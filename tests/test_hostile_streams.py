@@ -246,7 +246,7 @@ def test_loadgen_run_against_an_oversized_line_keeps_memory_flat(tmp_path):
     """256 MiB without a newline to each of 3 requests: loadgen's peak resident memory stays far below one."""
     code, stderr, peak_mib, served = _run(tmp_path, ["--mix", "oversized", "--oversized-mib", "256"],
                                           "--num-requests", "3")
-    assert code == 0 and "Traceback" not in stderr, stderr
+    assert code == 1 and "every request failed (3 of 3" in stderr and "Traceback" not in stderr, stderr
     records = _records(tmp_path)
     assert len(records) == served == 3
     assert all(r["status"] == "error:stream" and r["error"] == "line over 1 MiB" for r in records)

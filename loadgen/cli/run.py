@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     print_result(config.output, summary, format_summary(summary, run_dir), run_dir)
     failure = every_request_failed(summary)
-    if failure and not interrupted:
+    if failure and not interrupted and not summary.get("stopped_early"):  # an error limit says why it stopped
         print(f"loadgen: error: {failure}; the server's answers are in {run_dir / 'requests.jsonl'}", file=sys.stderr)
         return 1
     if summary.get("stopped_early"):
