@@ -33,14 +33,7 @@ def create_run_dir(output: str | None, backend: str, model: str) -> Path:
     held = [name for name in RUN_FILES if (path / name).exists()]
     if held:  # records would be appended to another run's, and its summary overwritten
         raise LoadgenError(f"--output {path} already holds a run ({held[0]}); choose another directory or remove it")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise LoadgenError(f"cannot write to output directory {path}: {exc.strerror}; choose another --output") from None
-    return path
+    return writable_dir(path)
 
 
 def writable_dir(path: Path, flag: str = "--output") -> Path:
