@@ -27,13 +27,9 @@ from pathlib import Path
 # distributions whose import name is not their name, among those engines use
 IMPORT_NAMES = {"pyzmq": ["zmq"], "pyyaml": ["yaml"], "protobuf": ["google"], "pillow": ["PIL"],
                 "opencv-python-headless": ["cv2"], "scikit-learn": ["sklearn"], "scikit-image": ["skimage"],
-                "nvidia-ml-py": ["pynvml"], "prometheus-client": ["prometheus_client"], "python-dateutil": ["dateutil"],
-                "huggingface-hub": ["huggingface_hub"], "typing-extensions": ["typing_extensions"],
-                "attrs": ["attr", "attrs"], "cupy-cuda13x": ["cupy"], "py-cpuinfo": ["cpuinfo"],
-                "opentelemetry-api": ["opentelemetry"], "sentencepiece": ["sentencepiece"],
-                "msgpack": ["msgpack"], "websockets": ["websockets"], "nvidia-nccl-cu13": ["nvidia"],
-                "partial-json-parser": ["partial_json_parser"], "typing-inspection": ["typing_inspection"],
-                "annotated-types": ["annotated_types"], "pydantic-core": ["pydantic_core"]}
+                "nvidia-ml-py": ["pynvml"], "python-dateutil": ["dateutil"], "attrs": ["attr", "attrs"],
+                "cupy-cuda13x": ["cupy"], "py-cpuinfo": ["cpuinfo"], "opentelemetry-api": ["opentelemetry"],
+                "nvidia-nccl-cu13": ["nvidia"]}  # every other distribution imports as its name with '_' for '-'
 
 
 def canon(name: str) -> str:
