@@ -2,7 +2,7 @@
 # The device calls that measured LightLLM serving and training_bench's fast paths on one H200, one call each,
 # made back to back on one warm machine (results/README.md lists them as made):
 #
-#   bash benchmarks/h200_lightllm_training_calls.sh lightllm   # carry .stage-lightllm (the 24 wheels, 20 MB)
+#   bash benchmarks/h200_lightllm_training_calls.sh lightllm   # carry .stage-lightllm (27 wheels, 25 MB)
 #   bash benchmarks/h200_lightllm_training_calls.sh train8     # carry .stage-train (liger, torchao, megatron-core,
 #   bash benchmarks/h200_lightllm_training_calls.sh trainfull  #   bitsandbytes: 48 MB); each call reinstalls them
 #   bash benchmarks/h200_lightllm_training_calls.sh finetune

@@ -131,6 +131,7 @@ def summarize(
             "output_per_request": distribution([r.output_tokens for r in ok]),
             "output_source": _sources(r.output_tokens_source for r in ok),
             "input_source": _sources(r.input_tokens_source for r in ok),
+            "input_counted": input_counted(ok),
         },
         "ttft_ms": distribution([v for r in ok if (v := ttft_ms(r)) is not None]),
         "tpot_ms": distribution([v for r in ok if (v := tpot_ms(r)) is not None]),
@@ -160,6 +161,24 @@ def summarize(
     return summary
 
 
+# A chat template adds a few dozen tokens to every prompt; a prompt sized with another tokenizer is off by a share.
+INPUT_MISMATCH_WARN = 0.10  # of the prompt tokens asked for
+INPUT_MISMATCH_MIN_TOKENS = 32  # per request
+
+
+def input_counted(ok: list[RequestRecord]) -> dict | None:
+    """The prompt tokens the server itself counted against those asked for, over the requests whose server
+    reported a count: prompts sized with the wrong tokenizer (or none) make every latency describe another
+    workload, and only the server's count shows it."""
+    counted = [r for r in ok if r.input_tokens_source == "usage" and r.target_input_tokens]
+    if not counted:
+        return None
+    server = sum(r.input_tokens for r in counted)
+    target = sum(r.target_input_tokens for r in counted)
+    return {"requests": len(counted), "server_total": server, "target_total": target,
+            "ratio": server / target}
+
+
 CLIENT_CPU_WARN = 0.9  # of one core: an asyncio client past this is saturated and its timestamps lag
 
 
@@ -182,6 +201,14 @@ def warnings_for(summary: dict) -> list[str]:
     ok, why = kept_up(summary.get("pace"))
     if ok is False:
         out.append(f"{why}; its latencies describe a growing queue, not a steady state (lower the load)")
+    counted = summary["tokens"].get("input_counted")
+    if counted and abs(counted["ratio"] - 1) > INPUT_MISMATCH_WARN and \
+            abs(counted["server_total"] - counted["target_total"]) > INPUT_MISMATCH_MIN_TOKENS * counted["requests"]:
+        out.append(
+            f"the server counted {counted['ratio']:.2f}x the prompt tokens asked for "
+            f"({counted['server_total'] / counted['requests']:.0f} vs {counted['target_total'] / counted['requests']:.0f} "
+            "per request): prompts were sized with another tokenizer; give --tokenizer the served model's tokenizer"
+        )
     req = summary["requests"]
     if req["total"] and req["completed"] < req["total"]:
         out.append(f"{req['total'] - req['completed']} of {req['total']} measured requests did not complete")

@@ -58,8 +58,9 @@ def build_app(itl: float, die_after: int | None, native: str = "tgi") -> web.App
         body = await request.json()
         n = body["parameters"]["max_new_tokens"]
         assert body["parameters"].get("ignore_eos") is True
+        prompt_tokens = len(body["inputs"].split())  # one token per word, as the sim counts
         events = [json.dumps({"token": {"id": 100 + i, "text": f" w{i}", "logprob": -0.1, "special": False,
-                                        "count_output_tokens": i + 1, "prompt_tokens": 5},
+                                        "count_output_tokens": i + 1, "prompt_tokens": prompt_tokens},
                               "generated_text": None, "finished": i == n - 1,
                               "finish_reason": "length" if i == n - 1 else None, "details": None})
                   for i in range(n)]

@@ -318,3 +318,5 @@ def test_lightllm_launch_records_the_installed_version_and_puts_site_bin_on_path
     assert run["endpoint"] == "lightllm"
     records = [json.loads(x) for x in (out / "requests.jsonl").read_text().splitlines()]
     assert len(records) == 6 and all(r["status"] == "ok" and r["output_tokens"] == 5 for r in records)
+    # the server's own count of each prompt (its tokens' prompt_tokens), not the length that was asked for
+    assert all(r["input_tokens"] == 16 and r["input_tokens_source"] == "usage" for r in records)

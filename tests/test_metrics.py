@@ -90,3 +90,24 @@ def test_client_cpu_warning_names_the_client_as_bottleneck():
     assert client_cpu_warning(0.0, 0.0) is None
     w = client_cpu_warning(0.97, 1.0)
     assert w and "97% of a CPU core" in w and "bottleneck" in w
+
+
+def _counted(inp, target, n=4):
+    return [RequestRecord(index=i, phase="measured", status="ok", sent_s=0.0, finished_s=1.0, first_token_s=0.5,
+                          output_tokens=2, input_tokens=inp, input_tokens_source="usage", target_input_tokens=target,
+                          token_times_ms=[500.0, 1000.0]) for i in range(n)]
+
+
+def test_the_servers_own_prompt_count_is_compared_with_the_one_asked_for():
+    s = summarize(_counted(950, 512))
+    assert s["tokens"]["input_counted"] == {"requests": 4, "server_total": 3800, "target_total": 2048,
+                                            "ratio": 3800 / 2048}
+    assert any("counted 1.86x the prompt tokens asked for (950 vs 512 per request)" in w for w in s["warnings"])
+    # a chat template's few tokens, or a BOS, are no mismatch; nor is a short prompt's template overhead
+    for inp, target in ((513, 512), (530, 512), (40, 16)):
+        assert not any("prompt tokens asked" in w for w in summarize(_counted(inp, target))["warnings"])
+    # a count from the target itself is no evidence
+    target_only = [r for r in _counted(950, 512)]
+    for r in target_only:
+        r.input_tokens_source = "target"
+    assert summarize(target_only)["tokens"]["input_counted"] is None

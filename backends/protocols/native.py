@@ -40,13 +40,17 @@ class TGIStreamParser(_TokenEventParser):
 
 
 class LightLLMStreamParser(_TokenEventParser):
-    """LightLLM: TGI-like events with "finished" and "finish_reason"; tokens may carry count_output_tokens."""
+    """LightLLM: TGI-like events with "finished" and "finish_reason"; each token carries count_output_tokens
+    and prompt_tokens (the server's own count of the prompt, so the record says what was really prefilled)."""
 
     def event(self, event: dict) -> int:
         token = event.get("token") or {}
         carried = self._token(token)
         if carried and isinstance(token.get("count_output_tokens"), int):
-            self.usage = {"completion_tokens": token["count_output_tokens"]}
+            self.usage = {**(self.usage or {}), "completion_tokens": token["count_output_tokens"]}
+        prompt = token.get("prompt_tokens")
+        if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt > 0:
+            self.usage = {**(self.usage or {}), "prompt_tokens": prompt}
         if event.get("finished"):
             self.done = True
             self.finish_reason = event.get("finish_reason")

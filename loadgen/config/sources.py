@@ -5,6 +5,8 @@ command line, a scenario file and `loadgen locust`'s processes describe an optio
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Mapping
 
 from loadgen.config.commands import SweepConfig
@@ -108,7 +110,28 @@ def build_run_config(flags: Mapping[str, Any], scenario: Scenario | None = None)
             file.pop("load.concurrency", None)
     values = {**file, **{k: v for k, v in flags.items() if k.split(".", 1)[0] in RUN_SECTIONS}}
     sections = {name: build_section(cls, name, values) for name, cls in RUN_SECTIONS.items()}
-    return RunConfig(**sections, scenario_name=scenario.name if scenario else None)
+    config = RunConfig(**sections, scenario_name=scenario.name if scenario else None)
+    tokenizer = model_tokenizer(config)
+    if tokenizer is not None:
+        config = replace(config, workload=replace(config.workload, tokenizer=tokenizer))
+    return config
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def model_tokenizer(config: RunConfig) -> str | None:
+    """The served model's own tokenizer when --model is a local directory holding one and --tokenizer was not
+    given. Without it prompts are sized in approximate words, which a real tokenizer may count as nearly twice
+    the tokens asked for (LightLLM on the H200 prefilled about 950 tokens of a "512-token" prompt), so every
+    latency would describe a different workload. The sim counts words exactly, so it keeps the approximation."""
+    model = config.target.model
+    if config.workload.tokenizer or config.target.backend == "sim" or not model:
+        return None
+    directory = Path(model).expanduser()
+    if not directory.is_dir() or not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return str(directory)
 
 
 def build_sweep_config(flags: Mapping[str, Any], scenario: Scenario | None = None) -> SweepConfig:
