@@ -6,6 +6,7 @@
 #   bash benchmarks/h200_lightllm_training_calls.sh train8     # carry .stage-train (liger, torchao, megatron-core,
 #   bash benchmarks/h200_lightllm_training_calls.sh trainfull  #   bitsandbytes: 48 MB); each call reinstalls them
 #   bash benchmarks/h200_lightllm_training_calls.sh finetune
+#   bash benchmarks/h200_lightllm_training_calls.sh loradtype  # carry .stage-train
 #
 # .stage-lightllm: `loadgen engine-wheels` of LightLLM fc72ffab (README, engine-wheels); .stage-train: the
 # training wheels (README, training_bench fast paths). Everything a call measures is written under $OUT as it
@@ -59,4 +60,13 @@ case $1 in
     python3 -m training_bench sweep "${TRAIN[@]}" --timeout 170 --like /tmp/like.json \
       --point method=lora --point method=qlora --point method=qlora,compile=off \
       --output "$OUT/h200-training-7b-finetune.json" ;;
+  loradtype)
+    # PEFT upcasts the adapters of a bf16 base to fp32 (autocast_adapter_dtype): LoRA ran slower per step than
+    # full training (699 vs 595 ms). The same LoRA/QLoRA runs with the adapters left in bf16:
+    install .stage-train /tmp/site-train || exit 1
+    export PYTHONPATH=/tmp/site-train
+    cp "${2:-results/h200-training-7b-8l.json}" /tmp/like.json
+    python3 -m training_bench sweep "${TRAIN[@]}" --timeout 170 --like /tmp/like.json \
+      --point method=lora,lora_dtype=bf16 --point method=lora,lora_dtype=fp32 --point method=qlora,lora_dtype=bf16 \
+      --output "$OUT/h200-training-7b-lora-dtype.json" ;;
 esac

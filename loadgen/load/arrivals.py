@@ -158,16 +158,23 @@ class Schedule:
         self._made += 1
         return True
 
+    def make_next(self, now_s: float, until_s: float | None = None, clock: Callable[[], float] | None = None) -> bool:
+        """Make one more spec if one is due before now_s + AHEAD_S (or fewer than AHEAD_MIN are ready, and at
+        most AHEAD_MAX); with `until_s`, not if `clock()` would pass it (the next send is due) making it. True
+        when one was made: the caller lets the event loop run before asking again, so making prompts (about
+        2 ms each with a tokenizer) never holds up the streams being timed by more than one prompt."""
+        if len(self.ready) >= AHEAD_MAX or (offset := self._next_offset()) is None:
+            return False
+        if len(self.ready) >= AHEAD_MIN and offset >= now_s + AHEAD_S:
+            return False
+        if until_s is not None and clock is not None and clock() + self._cost_s >= until_s:
+            return False
+        return self._make_one()
+
     def make_ahead(self, now_s: float, until_s: float | None = None, clock: Callable[[], float] | None = None) -> None:
-        """Make the specs due before now_s + AHEAD_S (at least AHEAD_MIN ready, at most AHEAD_MAX); with
-        `until_s`, stop before `clock()` would pass it (the next send is due) making one more."""
-        while len(self.ready) < AHEAD_MAX and (offset := self._next_offset()) is not None:
-            if len(self.ready) >= AHEAD_MIN and offset >= now_s + AHEAD_S:
-                return
-            if until_s is not None and clock is not None and clock() + self._cost_s >= until_s:
-                return
-            if not self._make_one():
-                return
+        """make_next until it has nothing to make: before the clock starts (the first window), and in tests."""
+        while self.make_next(now_s, until_s, clock):
+            pass
 
     def take(self) -> Item | None:
         """The next item, made now if making ahead fell behind (its lateness is then recorded, as any)."""
@@ -208,8 +215,7 @@ class Schedule:
                     exhausted = True
                     break
                 batches[item[0] % workers].append(item)
-                if item[0] % 64 == 63:
-                    await asyncio.sleep(0)  # let the records in: making a batch can take a while
+                await asyncio.sleep(0)  # let the records in between prompts: making a batch can take a while
             for k, batch in enumerate(batches):
                 if batch:
                     send(k, batch)
@@ -236,8 +242,9 @@ class FedSchedule:
         self.ended = True
         self.arrived.set()
 
-    def make_ahead(self, now_s: float, until_s: float | None = None, clock: Callable[[], float] | None = None) -> None:
+    def make_next(self, now_s: float, until_s: float | None = None, clock: Callable[[], float] | None = None) -> bool:
         """The parent makes them."""
+        return False
 
     async def next(self) -> Item | None:
         while not self.queue:

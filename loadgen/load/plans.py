@@ -170,7 +170,8 @@ class OpenLoop:
         async def schedule() -> None:
             while (item := await work.next()) is not None:
                 position, spec, offset = item
-                work.make_ahead(clock(), offset - SPARE_S, clock)  # the idle time before this send
+                while work.make_next(clock(), offset - SPARE_S, clock):  # the idle time before this send,
+                    await asyncio.sleep(0)  # one prompt at a time: the streams' chunks are read in between
                 # uvloop's timers have millisecond resolution and can fire early: sleep again until truly due.
                 while (delay := offset - clock()) > 0:
                     await asyncio.sleep(delay)
