@@ -7,7 +7,6 @@ import os
 import platform
 import re
 import socket
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from loadgen.errors import LoadgenError
 from loadgen.redaction import redact
+from scenarios.provenance import git_dirty, git_sha
 
 TOOL_VERSION = "0.1.0"
 RUN_FILES = ("run.json", "requests.jsonl", "summary.json", "sweep.json")  # what makes a directory a run's
@@ -57,20 +57,12 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def environment() -> dict:
     return {
         "tool": "dissect loadgen",
         "tool_version": TOOL_VERSION,
         "git_sha": git_sha(),
+        "git_dirty": git_dirty(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "hostname": socket.gethostname(),

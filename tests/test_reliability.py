@@ -267,3 +267,22 @@ def test_soak_memory_stays_flat(tmp_path, start_fault_server):
     late = max(rss for n, rss in samples if n >= 800)
     print(f"loadgen RSS after 800 requests {early:.1f} MiB, peak after {late:.1f} MiB ({len(samples)} samples)")
     assert late - early < 10, samples  # 3,200 more requests: no per-request growth
+
+
+def test_run_json_says_whether_the_tree_was_edited_since_its_commit(tmp_path):
+    """git_sha alone would credit a run from an edited checkout to a commit it did not run."""
+    import subprocess
+
+    from scenarios.provenance import git_dirty, git_sha
+
+    assert git_sha(tmp_path) is None and git_dirty(tmp_path) is None  # not a checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    assert len(git_sha(tmp_path) or "") == 40 and git_dirty(tmp_path) is False
+    (tmp_path / "notes.txt").write_text("untracked files are not the code that ran\n")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_dirty(tmp_path) is True

@@ -56,6 +56,11 @@ def test_pretrain_runs_each_cpu_attention(tmp_path, attn):
         r["throughput"]["tokens_per_s_per_gpu"] * r["flops"]["per_token"] / 1e12)
     assert r["flops"]["per_token"] == training_flops_per_token(2_106_368, 2, 256, 64)[0]
     assert r["memory"]["optimizer_state_bytes"] > 0 and r["mfu"] is None  # no catalog GPU on CPU
+    # what produced the figures: the checkout's commit and the libraries' versions
+    import torch
+    env = r["environment"]
+    assert env["packages"]["torch"] == torch.__version__ and "transformers" in env["packages"]
+    assert "git_sha" in env and "git_dirty" in env and env["python"]
 
 
 def test_truncation_accumulation_and_throughput_accounting(tmp_path):

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict
 
 from scenarios.catalog import get_model, gpu_for_device
+from scenarios.provenance import code_version, package_versions
 from training_bench import fast_paths, megatron_engine
 from training_bench.devices import pick_device
 from training_bench.errors import BenchError
@@ -279,8 +280,25 @@ def run_training(cfg: TrainConfig, progress=None) -> dict:
         "applied": applied,
         "fit_check": fit,
         "data_parallel": data_parallel,
+        "environment": environment(is_cuda),
     }
     return result
+
+
+# The libraries whose versions move a training figure: the framework, the model code, and each fast path.
+TRAINING_PACKAGES = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "liger-kernel",
+                     "torchao", "megatron-core", "flash-attn")
+
+
+def environment(is_cuda: bool) -> dict:
+    """The code and packages that produced the figures, and the CUDA stack under them."""
+    import torch
+
+    env = {"tool": "dissect training_bench", **code_version(), "packages": package_versions(TRAINING_PACKAGES)}
+    env["packages"]["torch"] = torch.__version__  # a local build's own version string (e.g. +cu130)
+    if is_cuda:
+        env["cuda"] = torch.version.cuda
+    return env
 
 
 def _check_fit(cfg: TrainConfig, device, dist: Dist, strategy: str) -> dict:
