@@ -218,6 +218,38 @@ def test_prefix_cache_hit_rate_from_counter_deltas():
     assert (pc["queried_tokens"], pc["hit_tokens"]) == (2000, 500) and pc["hit_rate"] == pytest.approx(0.25)
 
 
+def test_lightllm_metrics_give_batch_queue_ttft_and_prefix_cache():
+    """LightLLM's own names (from its /metrics on the H200, fc72ffab): batch and queue gauges, the first-token
+    histogram in seconds, and the prefix cache from its prompt-length and cached-length histograms' sums."""
+    from loadgen.telemetry.server_metrics import parse_metrics, prefix_cache_warning, summarize_server_metrics
+
+    def page(requests: int, ttft_sum: float, input_sum: int, cached_sum: int, batch: int, queue: int) -> str:
+        return (
+            "# TYPE lightllm_request_first_token_duration histogram\n"
+            f'lightllm_request_first_token_duration_bucket{{le="0.1"}} {requests // 2}\n'
+            f'lightllm_request_first_token_duration_bucket{{le="1.0"}} {requests}\n'
+            f'lightllm_request_first_token_duration_bucket{{le="+Inf"}} {requests}\n'
+            f"lightllm_request_first_token_duration_count {requests}\n"
+            f"lightllm_request_first_token_duration_sum {ttft_sum}\n"
+            "# TYPE lightllm_request_input_length histogram\n"
+            f"lightllm_request_input_length_count {requests}\nlightllm_request_input_length_sum {input_sum}\n"
+            "# TYPE lightllm_cache_length histogram\n"
+            f"lightllm_cache_length_count {requests}\nlightllm_cache_length_sum {cached_sum}\n"
+            f"# TYPE lightllm_batch_current_size gauge\nlightllm_batch_current_size {batch}\n"
+            f"# TYPE lightllm_queue_size gauge\nlightllm_queue_size {queue}\n")
+
+    rows = [{"values": parse_metrics(page(0, 0.0, 0, 0, 0, 0))},
+            {"values": parse_metrics(page(100, 19.0, 51200, 12800, 248, 2))}]
+    s = summarize_server_metrics(rows)
+    assert s["running"] == {"metric": "lightllm_batch_current_size", "mean": 124.0, "max": 248.0}
+    assert s["waiting"]["max"] == 2.0
+    assert s["server_ttft_ms"]["requests"] == 100 and s["server_ttft_ms"]["mean"] == pytest.approx(190.0)
+    assert s["prefix_cache"]["hit_rate"] == pytest.approx(0.25)
+    assert "25% of prompt tokens in its prefix cache" in prefix_cache_warning(s)
+    rows[1] = {"values": parse_metrics(page(100, 19.0, 51200, 200, 248, 2))}  # a token or two per prompt
+    assert prefix_cache_warning(summarize_server_metrics(rows)) is None
+
+
 def test_request_phases_from_vllm_histogram_deltas():
     """Mean ms per phase over the run (delta sum / delta count); before_inference = e2e - inference."""
     from loadgen.telemetry.server_metrics import parse_metrics, summarize_server_metrics

@@ -203,6 +203,10 @@ def test_one_sweep_runs_open_and_closed_loop_points_against_one_server(tmp_path)
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "plots") == [
         "concurrency-2", "qps-10", "qps-20"]
     assert json.loads((out / "concurrency-2" / "run.json").read_text())["load"]["concurrency"] == 2
+    # each point its own prompt text, in the order the points ran (a prefix cache must not carry over)
+    streams = {name: json.loads((out / name / "run.json").read_text())["workload"].get("prompt_stream", 0)
+               for name in ("qps-20", "qps-10", "concurrency-2")}
+    assert streams == {"qps-20": 0, "qps-10": 1, "concurrency-2": 2}
     rows = [line.split()[0:2] for line in proc.stdout.splitlines() if line.startswith(("qps", "concurrency"))]
     assert rows == [["qps", "10"], ["qps", "20"], ["concurrency", "2"]]  # the table: by rate, then by users
     assert (out / "report.html").stat().st_size > 0 and (out / "plots" / "throughput.png").exists()

@@ -60,3 +60,19 @@ def test_missing_tokenizer_is_a_user_error(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(LoadgenError, match="cannot load"):
         HFTokenizer(str(bad))
+
+
+def test_a_prompt_stream_keeps_the_lengths_and_changes_the_text():
+    """A sweep's points: the same request sizes at every load, never the same prompts (a prefix cache would
+    answer a repeated prompt without prefilling it)."""
+    def specs(stream):
+        return Workload(LengthDistribution.parse("uniform:20,60"), LengthDistribution.parse("8"), 4096, seed=7,
+                        prefix_groups=2, prefix_len=16, stream=stream).take(6)
+
+    first, again, second = specs(0), specs(0), specs(1)
+    assert [s.prompt for s in first] == [s.prompt for s in again]
+    assert [(s.input_tokens, s.output_tokens) for s in first] == [(s.input_tokens, s.output_tokens) for s in second]
+    assert not {s.prompt for s in first} & {s.prompt for s in second}
+    # stream 0 is the seed's own text, as before streams existed
+    plain = Workload(LengthDistribution.parse("30"), LengthDistribution.parse("8"), 4096, seed=7).take(1)[0]
+    assert plain.prompt == PromptSynthesizer().make(np.random.default_rng([7, 2]), 30)[0]

@@ -147,8 +147,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 if size.warning:
                     print(f"warning: {size.warning}", file=sys.stderr)
                 here = point_config(config, qps, concurrency, size)
-                # the same requests each point
-                workload = build_workload(here, endpoint.max_context, prepared.tokenizer, prepared.dataset)
+                # the same lengths each point, each point its own text (a prefix cache must not carry over)
+                workload = build_workload(here, endpoint.max_context, prepared.tokenizer, prepared.dataset,
+                                          stream=len(points))
                 summary, interrupted = await run_point(endpoint, here, load_plan(here), workload, run_dir,
                                                        prepared.headers, prepared.count_tokens, label=label)
                 verdict = judge(summary, sweep.slo_fraction, sweep.rate_tolerance)

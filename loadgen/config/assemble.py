@@ -47,12 +47,12 @@ def read_dataset(config: RunConfig, tokenizer) -> Dataset | None:
 
 
 def build_workload(config: RunConfig, max_context: int, tokenizer,
-                   dataset: Dataset | None = None) -> Workload | DatasetWorkload:
-    """`dataset`: the one read_dataset gave (read here when not given)."""
+                   dataset: Dataset | None = None, stream: int = 0) -> Workload | DatasetWorkload:
+    """`dataset`: the one read_dataset gave (read here when not given); `stream`: a sweep point's own text."""
     w = config.workload
     synth = PromptSynthesizer(tokenizer)
     if w.dataset:
         dataset = dataset if dataset is not None else read_dataset(config, tokenizer)
-        return DatasetWorkload(dataset, max_context, synth, w.seed, multi_turn=w.multi_turn)
+        return DatasetWorkload(dataset, max_context, synth, w.seed, multi_turn=w.multi_turn, stream=stream)
     return Workload(w.input_len, w.output_len, max_context, synth, w.seed, prefix_groups=w.prefix_groups,
-                    prefix_len=w.prefix_len, turns=w.turns)
+                    prefix_len=w.prefix_len, turns=w.turns, stream=stream)

@@ -8,7 +8,12 @@ from pathlib import Path
 
 from loadgen.run_events import RunResult
 from loadgen.telemetry.gpu import GPUSampler, energy_summary, nvml_unavailable_reason, read_gpu_samples
-from loadgen.telemetry.server_metrics import MetricsScraper, read_server_metrics, summarize_server_metrics
+from loadgen.telemetry.server_metrics import (
+    MetricsScraper,
+    prefix_cache_warning,
+    read_server_metrics,
+    summarize_server_metrics,
+)
 
 
 class ServerMetrics:
@@ -24,7 +29,11 @@ class ServerMetrics:
         await self.scraper.stop()
 
     def finished(self, result: RunResult) -> None:
-        result.summary["server_metrics"] = summarize_server_metrics(read_server_metrics(self.scraper.path))
+        server = summarize_server_metrics(read_server_metrics(self.scraper.path))
+        result.summary["server_metrics"] = server
+        warning = prefix_cache_warning(server)
+        if warning:
+            result.summary.setdefault("warnings", []).append(warning)
 
 
 class GpuTelemetry:

@@ -19,14 +19,29 @@ import aiohttp
 
 # framework-neutral name -> the series each framework exports
 GAUGES = {
-    "running": ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size"),
-    "waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size"),
+    "running": ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size",
+                "lightllm_batch_current_size"),
+    "waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size", "lightllm_queue_size"),
     "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"),
 }
-TTFT_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds")
-# prompt tokens looked up in / found in the prefix cache (counters): a benchmark whose prompts repeat measures
-# the cache, not prefill, and the summary must say so
-PREFIX_CACHE_COUNTERS = (("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"),)
+TTFT_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds",
+                   "lightllm_request_first_token_duration")
+# prompt tokens looked up in / found in the prefix cache (counters; LightLLM's are the sums of its per-request
+# prompt-length and cached-length histograms): a benchmark whose prompts repeat measures the cache, not prefill,
+# and the summary must say so
+PREFIX_CACHE_COUNTERS = (("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"),
+                         ("lightllm_request_input_length_sum", "lightllm_cache_length_sum"))
+# Past this share of prompt tokens served from the cache, the summary warns that TTFT measured cached prefill.
+PREFIX_CACHE_WARN = 0.2
+
+
+def prefix_cache_warning(server: dict | None) -> str | None:
+    cache = (server or {}).get("prefix_cache")
+    if not cache or cache["hit_rate"] <= PREFIX_CACHE_WARN:
+        return None
+    return (f"the server found {cache['hit_rate']:.0%} of prompt tokens in its prefix cache: these TTFTs measure "
+            "cached prefill (meant, with shared prefixes or conversations; otherwise the prompts repeat an earlier "
+            "run's: change --seed, or turn the server's prefix cache off)")
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -82,12 +82,12 @@ class Dataset:
                 kept.append(r)
         return Dataset(self.path, self.format, kept, skipped, self.token_count)
 
-    def sample(self, n: int | None, seed: int) -> list[DatasetRecord]:
-        """The records in an order shuffled with the seed (the first n of it when n is given).
+    def sample(self, n: int | None, seed: int, stream: int = 0) -> list[DatasetRecord]:
+        """The records in an order shuffled with the seed and stream (the first n of it when n is given).
         Traces keep their order: their timestamps are the point."""
         if self.format in ("azure", "burstgpt"):
             return list(self.records[:n])
-        order = np.random.default_rng([seed, 4]).permutation(len(self.records))
+        order = np.random.default_rng([seed, 4] if stream == 0 else [seed, 4, stream]).permutation(len(self.records))
         return [self.records[i] for i in order[:n]]
 
 

@@ -56,6 +56,11 @@ class _IndexCounter:
         return next(self._next)
 
 
+def text_key(seed: int, stream: int, *parts: int) -> list[int]:
+    """The seed sequence of a text stream: stream 0 is the seed's own text (as before streams existed)."""
+    return [seed, *parts] if stream == 0 else [seed, *parts, stream]
+
+
 @dataclass
 class Workload:
     """An endless, seeded stream of synthetic RequestSpecs, lengths clipped to the model's context
@@ -64,6 +69,10 @@ class Workload:
     prefix_groups/prefix_len: every prompt starts with one of N distinct system prompts of P tokens (what
     prefix caching exploits). turns > 1: each spec starts a conversation whose later turns resend the whole
     history (earlier user messages and assistant replies of the generated length) plus a new message.
+
+    stream: which text a seed gives. The points of a sweep share the seed's lengths (each load level sees the
+    same requests' sizes) but not its text: a server that caches prefixes would otherwise answer every point
+    after the first from the cache (LightLLM did, on the H200: 457 prompts found whole in its cache).
     """
 
     input_len: LengthDistribution
@@ -74,6 +83,7 @@ class Workload:
     prefix_groups: int = 0
     prefix_len: int = 0
     turns: int = 1
+    stream: int = 0
     clipped: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +108,8 @@ class Workload:
             "seed": self.seed,
             "clipped_requests": self.clipped,
         }
+        if self.stream:
+            out["prompt_stream"] = self.stream
         if self.prefix_groups:
             out.update(prefix_groups=self.prefix_groups, prefix_len=self.prefix_len)
         if self.turns > 1:
@@ -106,9 +118,9 @@ class Workload:
 
     def specs(self, batch: int = 256) -> Iterator[RequestSpec]:
         length_rng = np.random.default_rng([self.seed, 1])
-        prompt_rng = np.random.default_rng([self.seed, 2])
-        prefixes = [self.synthesizer.make(np.random.default_rng([self.seed, 5, g]), self.prefix_len)
-                    for g in range(self.prefix_groups)]
+        prompt_rng = np.random.default_rng(text_key(self.seed, self.stream, 2))
+        prefixes = [self.synthesizer.make(np.random.default_rng(text_key(self.seed, self.stream, 5, g)),
+                                          self.prefix_len) for g in range(self.prefix_groups)]
         index = _IndexCounter()
         conversation = 0
         lengths = self._lengths(length_rng, batch)
@@ -166,6 +178,7 @@ class DatasetWorkload:
     seed: int = 0
     multi_turn: bool = False
     sample_size: int | None = None
+    stream: int = 0  # as Workload's: another order of the records, and other text for a trace's prompts
     reused: int = 0
     clipped: int = 0
 
@@ -190,9 +203,12 @@ class DatasetWorkload:
         return f"dataset text ({self.dataset.token_count})"
 
     def describe(self) -> dict:
-        return {"source": "dataset", **self.dataset.describe(), "max_context": self.max_context,
-                "multi_turn": self.multi_turn, "seed": self.seed, "reused_records": self.reused,
-                "prompt_source": self.prompt_source}
+        out = {"source": "dataset", **self.dataset.describe(), "max_context": self.max_context,
+               "multi_turn": self.multi_turn, "seed": self.seed, "reused_records": self.reused,
+               "prompt_source": self.prompt_source}
+        if self.stream:
+            out["prompt_stream"] = self.stream
+        return out
 
     def arrivals(self) -> np.ndarray:
         """A trace's timestamps in the order `specs()` yields its requests: a replay's send times, known before
@@ -202,8 +218,8 @@ class DatasetWorkload:
         return np.array([r.timestamp_s or 0.0 for r in self.dataset.sample(self.sample_size, self.seed)])
 
     def specs(self) -> Iterator[RequestSpec]:
-        records = self.dataset.sample(self.sample_size, self.seed)
-        prompt_rng = np.random.default_rng([self.seed, 2])
+        records = self.dataset.sample(self.sample_size, self.seed, self.stream)
+        prompt_rng = np.random.default_rng(text_key(self.seed, self.stream, 2))
         index = _IndexCounter()
         conversation = 0
         for round_ in itertools.count():
