@@ -28,12 +28,13 @@ case $1 in
     python3 -m loadgen make-model --model 7b --weights random --output /tmp/models/7b || exit 1
     # the H200 vLLM workload (results/h200-vllm-protocol-a.json): Llama-2-7B shape, 512 in / 128 out, 4,096-token
     # context, at most 256 sequences and 8,192 batched tokens per step, prompts sized with the model directory's
-    # tokenizer (the default since attempt 3, which sized them in words: ~950 tokens each); Poisson at the rates vLLM was
+    # tokenizer (the default since attempt 3, which sized them in words: ~950 tokens each), each point its own prompt
+    # text (since attempt 4, whose points repeated the first one's prompts into the prefix cache); Poisson at the rates vLLM was
     # measured at, closed loops of 1, 8 and 32 users; one launch of LightLLM for all points
-    timeout -s INT -k 20 450 python3 -m loadgen sweep --backend lightllm --model /tmp/models/7b \
+    timeout -s INT -k 20 480 python3 -m loadgen sweep --backend lightllm --model /tmp/models/7b \
       --engine-path /tmp/site-lightllm --input-len 512 --output-len 128 --max-context 4096 \
       --engine-arg=--running_max_req_size=256 --engine-arg=--batch_max_tokens=8192 --engine-arg=--mem_fraction=0.75 --startup-timeout 4m \
-      --qps 10,20,32,38 --concurrency 1,8,32 --duration 25 --warmup 8 --slo ttft:500ms,tpot:50ms \
+      --qps 10,20,32,38 --concurrency 1,8,32 --duration 30 --warmup 8 --slo ttft:500ms,tpot:50ms \
       --scrape-interval 1s --gpu-telemetry --output /tmp/runs/lightllm
     echo "sweep exit $?"
     cp /tmp/runs/lightllm/sweep.json "$OUT/h200-lightllm-sweep.json" 2>/dev/null
