@@ -104,6 +104,16 @@ def start_fault_server():
         s.stop()
 
 
+def read_requests(where: Path) -> list[dict]:
+    """A run's records: `where` is its directory or its requests.jsonl ([] when nothing was written)."""
+    import json
+
+    path = where / "requests.jsonl" if where.is_dir() or where.suffix != ".jsonl" else where
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def run_loadgen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "loadgen", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)

@@ -19,7 +19,7 @@ import pytest
 from backends.protocols.native import TGIStreamParser
 from backends.protocols.openai import OpenAIProtocol, OpenAIStreamParser
 from backends.protocols.sse import LineReader, LineTooLong
-from conftest import ROOT
+from conftest import ROOT, read_requests
 from loadgen.client import Target, make_session, send_request
 from loadgen.records import RequestRecord
 from loadgen.workload.specs import RequestSpec
@@ -228,7 +228,7 @@ def _run(tmp_path: Path, server_args: list[str], *args: str) -> tuple[int, str, 
 
 
 def _records(tmp_path: Path) -> list[dict]:
-    return [json.loads(line) for line in (tmp_path / "run" / "requests.jsonl").read_text().splitlines()]
+    return read_requests(tmp_path / "run")
 
 
 @pytest.mark.parametrize("mode, status", [("bom", "ok"), ("cr", "ok"), ("usagetail", "ok"),

@@ -15,15 +15,11 @@ import pytest
 pytest.importorskip("locust")
 
 from backends.process import find_free_port  # noqa: E402
-from conftest import ROOT, run_loadgen, wait_http  # noqa: E402
+from conftest import ROOT, read_requests, run_loadgen, wait_http  # noqa: E402
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 SMALL = ["--input-len", "64", "--output-len", "16"]
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "requests.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _stats(run_dir: Path) -> dict[str, dict]:
@@ -36,7 +32,7 @@ def test_headless_against_the_sim(tmp_path):
     proc = run_loadgen("locust", "--headless", "--users", "6", "--spawn-rate", "6", "--run-time", "5s", *SMALL,
                        "--output", str(out), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    records = _records(out)
+    records = read_requests(out)
     ok = [r for r in records if r["status"] == "ok"]
     assert len(ok) > 50 and len(ok) == len(records)
     stats = _stats(out)
@@ -65,7 +61,7 @@ def test_failures_reach_locust_with_their_reason(tmp_path, start_fault_server):
     assert int(stats["e2e"]["Failure Count"]) > 0
     failures = list(csv.DictReader(open(out / "locust_failures.csv")))
     assert any("error:http" in row["Error"] and "HTTP 500" in row["Error"] for row in failures)
-    statuses = Counter(r["status"] for r in _records(out))
+    statuses = Counter(r["status"] for r in read_requests(out))
     assert statuses["ok"] > 0 and statuses["error:http"] > 0
 
 
@@ -74,7 +70,7 @@ def test_master_with_two_local_workers(tmp_path):
     proc = run_loadgen("locust", "--headless", "--users", "6", "--spawn-rate", "6", "--run-time", "5s", "--workers",
                        "2", "--master-port", str(find_free_port()), *SMALL, "--output", str(out), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    records = _records(out)
+    records = read_requests(out)
     by_worker = Counter(r["worker"] for r in records)
     assert set(by_worker) == {0, 1} and min(by_worker.values()) > 10
     assert len({r["index"] for r in records}) == len(records)
@@ -99,7 +95,7 @@ def test_workers_records_and_statistics_reach_the_master_when_they_stop(tmp_path
                            *SMALL, "--output", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ended = _records(out)
+    ended = read_requests(out)
     assert len(ended) > 10 and {r["worker"] for r in ended} == {0, 1} and {r["status"] for r in ended} == {"ok"}
     stats = _stats(out)
     assert int(stats["e2e"]["Request Count"]) == len(ended) and int(stats["ttft"]["Request Count"]) == len(ended)

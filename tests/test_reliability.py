@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, gone, run_loadgen
+from conftest import ROOT, gone, read_requests, run_loadgen
 
 ALL_FAULTS = "ok:4,slow:1,http500:1,http429:1,cut:1,malformed:1,stall:1,empty:1,reset:1"
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _wait_records(path: Path, n: int, timeout: float = 60) -> None:
@@ -40,7 +36,7 @@ def test_every_fault_is_recorded_with_its_status(tmp_path, start_fault_server):
     assert "Traceback" not in proc.stderr + proc.stdout
     served = Counter(server.log()["counts"])
     assert sum(served.values()) == 72
-    records = _records(out / "requests.jsonl")
+    records = read_requests(out / "requests.jsonl")
     assert sorted(r["index"] for r in records) == list(range(72))  # every sent request, exactly once
     status = Counter(r["status"] for r in records)
     assert status["ok"] == served["ok"] + served["slow"]
@@ -75,7 +71,7 @@ def test_server_killed_mid_run(tmp_path, start_fault_server):
     server.proc.kill()
     _, stderr = loadgen.communicate(timeout=60)
     assert loadgen.returncode == 0 and "Traceback" not in stderr
-    records = _records(out / "requests.jsonl")
+    records = read_requests(out / "requests.jsonl")
     assert sorted(r["index"] for r in records) == list(range(60))
     status = Counter(r["status"] for r in records)
     assert status["ok"] >= 10 and status["error:connection"] > 0
@@ -115,7 +111,7 @@ def test_server_killed_and_restarted_mid_run(tmp_path, start_fault_server):
             second.terminate()
             second.wait(timeout=10)
     assert loadgen.returncode == 0 and "Traceback" not in stderr, stderr
-    records = _records(out / "requests.jsonl")
+    records = read_requests(out / "requests.jsonl")
     assert sorted(r["index"] for r in records) == list(range(160))  # each request once
     status = Counter(r["status"] for r in records)
     assert status["error:connection"] > 0 and set(status) <= {"ok", "error:connection", "error:stream"}
@@ -134,7 +130,7 @@ def test_max_errors_stops_early_and_keeps_what_was_measured(tmp_path, start_faul
                        "--output", str(out), "--quiet")
     assert proc.returncode == 1
     assert "stopped early" in proc.stderr and "--max-errors 10" in proc.stderr and "Traceback" not in proc.stderr
-    records = _records(out / "requests.jsonl")
+    records = read_requests(out / "requests.jsonl")
     assert 11 <= len(records) < 400
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_early"] and summary["requests"]["total"] == len(records)
@@ -147,7 +143,7 @@ def test_max_error_rate(tmp_path, start_fault_server):
     proc = run_loadgen("run", "--url", server.url, "--qps", "100", "--num-requests", "500",
                        "--max-error-rate", "0.3", "--output", str(out), "--quiet")
     assert proc.returncode == 1 and "--max-error-rate 0.3" in proc.stderr
-    assert 20 <= len(_records(out / "requests.jsonl")) < 500
+    assert 20 <= len(read_requests(out / "requests.jsonl")) < 500
 
 
 def test_total_timeout(tmp_path, start_fault_server):
@@ -156,7 +152,7 @@ def test_total_timeout(tmp_path, start_fault_server):
     proc = run_loadgen("run", "--url", server.url, "--qps", "20", "--num-requests", "4", "--timeout", "500ms",
                        "--output", str(out), "--quiet")
     assert proc.returncode == 1 and "every request failed (4 of 4" in proc.stderr  # nothing measured
-    records = _records(out / "requests.jsonl")
+    records = read_requests(out / "requests.jsonl")
     assert [r["status"] for r in records] == ["timeout"] * 4
     assert all("within 0.5 s" in r["error"] and 0.45 < r["finished_s"] - r["sent_s"] < 60 for r in records)  # the stall lasts 3600 s
 
@@ -178,7 +174,7 @@ def test_signal_cancels_in_flight_and_stops_the_engine(tmp_path, sig):
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr
-    records = _records(out / "requests.jsonl")
+    records = read_requests(out / "requests.jsonl")
     status = Counter(r["status"] for r in records)
     assert status["cancelled"] > 0 and set(status) <= {"ok", "cancelled"}
     assert len({r["index"] for r in records}) == len(records)
@@ -201,7 +197,7 @@ def test_second_ctrl_c_forces_exit_and_still_kills_the_engine(tmp_path, start_fa
     proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert gone(sim_pid)
-    assert _records(out / "requests.jsonl")  # what finished before is still on disk
+    assert read_requests(out / "requests.jsonl")  # what finished before is still on disk
 
 
 def test_launch_failure_leaves_nothing_behind(tmp_path):
@@ -262,7 +258,7 @@ def test_soak_memory_stays_flat(tmp_path, start_fault_server):
         time.sleep(0.5)
     proc.communicate(timeout=60)
     assert proc.returncode == 0
-    assert len(_records(out / "requests.jsonl")) == 4000
+    assert len(read_requests(out / "requests.jsonl")) == 4000
     early = next(rss for n, rss in samples if n >= 800)
     late = max(rss for n, rss in samples if n >= 800)
     print(f"loadgen RSS after 800 requests {early:.1f} MiB, peak after {late:.1f} MiB ({len(samples)} samples)")

@@ -4,11 +4,10 @@ build it through the same kinds, so they accept and refuse the same values."""
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import run_loadgen
+from conftest import read_requests, run_loadgen
 from loadgen.cli.sweep import point_config
 from loadgen.config import (
     RUN_SECTIONS,
@@ -169,17 +168,13 @@ def test_the_api_key_stays_out_of_repr():
     assert "sk-secret" not in repr(build_run_config(_parse(["--api-key", "sk-secret"])))
 
 
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "requests.jsonl").read_text().splitlines() if line.strip()]
-
-
 def test_locust_takes_a_scenario_an_slo_and_a_dataset(tmp_path):
     pytest.importorskip("locust")
     out = tmp_path / "scenario"
     proc = run_loadgen("locust", "--scenario", "codegen", "--output-len", "8", "--slo", "ttft:30s", "--headless",
                        "--users", "2", "--run-time", "3s", "--output", str(out), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    records = _records(out)
+    records = read_requests(out)
     assert records and all(50 <= r["input_tokens"] <= 150 and r["output_tokens"] == 8 for r in records)
     run = json.loads((out / "run.json").read_text())
     assert run["scenario"] == "codegen" and run["workload"]["input_len"] == "uniform:50,150"
@@ -189,7 +184,7 @@ def test_locust_takes_a_scenario_an_slo_and_a_dataset(tmp_path):
     proc = run_loadgen("locust", "--dataset", "prompts-sample.jsonl", "--output-len", "4", "--headless", "--users",
                        "2", "--run-time", "2s", "--output", str(data), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads((data / "run.json").read_text())["workload"]["source"] == "dataset" and _records(data)
+    assert json.loads((data / "run.json").read_text())["workload"]["source"] == "dataset" and read_requests(data)
 
 
 def test_locust_refuses_a_bad_workload_option_before_starting(tmp_path):

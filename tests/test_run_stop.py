@@ -17,15 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_requests
 
 ASKED = 100_000
 TIMEOUT_S = 60
-
-
-def _records(run: Path) -> list[dict]:
-    path = run / "requests.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _start(out: Path, url: str, workers: int, *extra: str) -> subprocess.Popen:
@@ -47,7 +42,7 @@ def _wait(proc: subprocess.Popen) -> str:
 
 
 def _check_written(out: Path, status: str) -> list[dict]:
-    records = _records(out)
+    records = read_requests(out)
     assert 0 < len(records) < ASKED
     assert len({r["index"] for r in records}) == len(records)  # no request sent twice
     summary = json.loads((out / "summary.json").read_text())
@@ -63,7 +58,7 @@ def test_closed_loop_stops_on_a_signal(tmp_path, start_sim, workers, sig):
     out = tmp_path / "r"
     proc = _start(out, sim.url, workers)
     deadline = time.monotonic() + TIMEOUT_S
-    while len(_records(out)) < 20 and proc.poll() is None and time.monotonic() < deadline:
+    while len(read_requests(out)) < 20 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
     proc.send_signal(sig)
@@ -113,7 +108,7 @@ def test_a_signal_while_the_run_starts_stops_it_cleanly(tmp_path, start_sim, sig
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] is True and summary["requests"]["total"] == len(_records(out)) < ASKED
+    assert summary["interrupted"] is True and summary["requests"]["total"] == len(read_requests(out)) < ASKED
     deadline = time.monotonic() + 10
     while _in_session(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)

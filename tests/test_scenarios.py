@@ -2,12 +2,11 @@
 
 import asyncio
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_loadgen
+from conftest import read_requests, run_loadgen
 from loadgen.config import list_scenarios, load_scenario
 from loadgen.sweep import find_max_rate
 from loadgen.workload.datasets import load_dataset, trace_offsets
@@ -15,10 +14,6 @@ from scenarios.catalog import CatalogError
 from scenarios.scenario import DATA_DIR
 
 SHIPPED = {"chat", "summarize", "codegen", "prefix-heavy", "paper-7b", "paper-13b", "paper-70b"}
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_shipped_scenarios_load_and_list():
@@ -71,7 +66,7 @@ def test_scenario_run_with_flag_overrides(tmp_path):
     assert run["scenario"] == "codegen" and run["workload"]["output_len"] == "fixed:16"  # flag wins
     assert run["workload"]["input_len"] == "uniform:50,150"  # scenario field kept
     assert run["load"]["qps"] == 30 and run["load"]["num_requests"] == 6
-    assert all(r["output_tokens"] == 16 and 50 <= r["input_tokens"] <= 150 for r in _records(out / "requests.jsonl"))
+    assert all(r["output_tokens"] == 16 and 50 <= r["input_tokens"] <= 150 for r in read_requests(out / "requests.jsonl"))
 
 
 def test_prefix_scenario_shares_system_prompts(tmp_path):
@@ -81,7 +76,7 @@ def test_prefix_scenario_shares_system_prompts(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["workload"]["prefix_groups"] == 8 and run["workload"]["prefix_len"] == 1024
-    assert all(r["input_tokens"] >= 1024 + 32 for r in _records(out / "requests.jsonl"))
+    assert all(r["input_tokens"] >= 1024 + 32 for r in read_requests(out / "requests.jsonl"))
 
 
 def test_trace_replay_sends_on_the_scaled_timestamps(tmp_path):
@@ -89,7 +84,7 @@ def test_trace_replay_sends_on_the_scaled_timestamps(tmp_path):
     proc = run_loadgen("run", "--dataset", "burstgpt-sample.csv", "--arrival", "trace", "--time-scale", "0.25",
                        "--output-len", "8", "--output", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    records = sorted(_records(out / "requests.jsonl"), key=lambda r: r["index"])
+    records = sorted(read_requests(out / "requests.jsonl"), key=lambda r: r["index"])
     expected = trace_offsets(load_dataset(DATA_DIR / "burstgpt-sample.csv").records, 0.25)
     assert len(records) == len(expected) == 60
     assert np.allclose([r["scheduled_s"] for r in records], expected)
@@ -103,7 +98,7 @@ def test_multi_turn_sends_each_turn_after_the_previous(tmp_path):
     proc = run_loadgen("run", "--dataset", "sharegpt-sample.json", "--multi-turn", "--num-requests", "12",
                        "--concurrency", "4", "--output-len", "8", "--output", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    records = {r["index"]: r for r in _records(out / "requests.jsonl")}
+    records = {r["index"]: r for r in read_requests(out / "requests.jsonl")}
     assert len(records) > 12  # conversations with several turns
     summary = json.loads((out / "summary.json").read_text())
     assert summary["requests"]["completed"] == len(records)

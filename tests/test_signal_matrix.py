@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SimServer
+from conftest import ROOT, SimServer, read_requests
 
 TIMEOUT_S = 60
 SIGNALS = {"sigint": [signal.SIGINT], "double-sigint": [signal.SIGINT, signal.SIGINT], "sigterm": [signal.SIGTERM],
@@ -170,11 +170,6 @@ def _reached(case: Case, proc: subprocess.Popen) -> None:
         _wait_for(lambda: records.exists() and len(records.read_text().splitlines()) >= 4, "4 records", proc)
 
 
-def _records(out: Path) -> list[dict]:
-    path = out / "requests.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
 @pytest.mark.parametrize("phase", PHASES)
 @pytest.mark.parametrize("sig_name", list(SIGNALS))
 def test_a_stop_signal_in_every_phase(tmp_path, sim, phase, sig_name):
@@ -243,7 +238,7 @@ def test_a_stop_signal_in_every_phase(tmp_path, sim, phase, sig_name):
             assert run["interrupted_in"] == "summarising"
 
     # records: unique, and (after a handled stop) exactly what the server received
-    records = _records(case.out)
+    records = read_requests(case.out)
     assert len({r["index"] for r in records}) == len(records)
     if phase.startswith("launching"):
         assert not records

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_loadgen
+from conftest import ROOT, read_requests, run_loadgen
 from loadgen.load import LoadPlan
 from loadgen.load.arrivals import ArrivalProcess
 from loadgen.load.processes import choose_workers, client_summary, on_this_host, split_evenly
-
-
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
 
 
 def _truth(url: str) -> dict[str, dict]:
@@ -37,7 +33,7 @@ def test_open_loop_workers_send_the_same_schedule_on_one_clock(tmp_path, start_s
         proc = run_loadgen("run", *common, "--workers", str(workers), "--output", str(out))
         assert proc.returncode == 0, proc.stderr
         runs[workers] = out
-    one, two = _records(runs[1]), _records(runs[2])
+    one, two = read_requests(runs[1]), read_requests(runs[2])
     key = lambda r: (r["index"], r["phase"], round(r["scheduled_s"], 9), r["target_output_tokens"])  # noqa: E731
     assert sorted(map(key, one)) == sorted(map(key, two)) and len(two) == 64
     assert Counter(r["worker"] for r in two) == {0: 32, 1: 32}
@@ -60,7 +56,7 @@ def test_closed_loop_workers_split_the_users(tmp_path, start_sim):
     proc = run_loadgen("run", "--url", sim.url, "--concurrency", "5", "--num-requests", "30", "--warmup", "3",
                        "--input-len", "16", "--output-len", "8", "--workers", "2", "--output", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    records = _records(out)
+    records = read_requests(out)
     assert sorted(r["index"] for r in records) == list(range(33))
     assert Counter(r["phase"] for r in records) == {"warmup": 3, "measured": 30}
     assert {r["index"] for r in records if r["phase"] == "warmup"} == {0, 1, 2}
@@ -91,7 +87,7 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_records(tmp_path, start_sim):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr
-    records = _records(out)
+    records = read_requests(out)
     status = Counter(r["status"] for r in records)
     assert status["cancelled"] > 0 and set(status) <= {"ok", "cancelled"}
     assert len({r["index"] for r in records}) == len(records)
@@ -108,7 +104,7 @@ def test_error_limit_stops_all_workers(tmp_path, start_fault_server):
     proc = run_loadgen("run", "--url", server.url, "--qps", "50", "--num-requests", "400", "--max-errors", "5",
                        "--workers", "2", "--output", str(out), "--quiet")
     assert proc.returncode == 1 and "stopped early" in proc.stderr
-    assert 6 <= len(_records(out)) < 400
+    assert 6 <= len(read_requests(out)) < 400
 
 
 def test_auto_workers_one_per_needed_core_and_never_beside_a_local_server():

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.protocols.openai import OpenAIProtocol
-from conftest import run_loadgen
+from conftest import read_requests, run_loadgen
 from loadgen.client import Target
 from loadgen.load import LoadPlan, run_load
 from loadgen.load.arrivals import AHEAD_MIN, AHEAD_S, ArrivalProcess, Schedule
@@ -182,10 +182,6 @@ def test_a_run_makes_each_prompt_before_its_send_time_and_not_all_before_the_clo
         assert made_ns <= outcome.origin_ns + record.scheduled_s * 1e9  # made before it was due
 
 
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
-
-
 def test_a_timed_run_over_two_workers_sends_every_request_once(tmp_path, start_sim):
     """`--duration` with `--workers 2`: the requests and offsets of one process, each sent once (the server's
     own count agrees), dealt k mod 2."""
@@ -197,7 +193,7 @@ def test_a_timed_run_over_two_workers_sends_every_request_once(tmp_path, start_s
         out = tmp_path / f"w{workers}"
         proc = run_loadgen("run", *common, "--workers", str(workers), "--output", str(out))
         assert proc.returncode == 0, proc.stderr
-        runs[workers] = _records(out)
+        runs[workers] = read_requests(out)
     served = json.loads(urllib.request.urlopen(sim.url + "/sim/requests").read())["requests"]
     one, two = runs[1], runs[2]
     key = lambda r: (r["index"], round(r["scheduled_s"], 9), r["target_input_tokens"], r["target_output_tokens"])  # noqa: E731
