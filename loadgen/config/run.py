@@ -16,6 +16,7 @@ from backends.registry import ENDPOINTS, FRAMEWORKS
 from loadgen.config import kinds as k
 from loadgen.config.fields import Section, option
 from loadgen.config.kinds import ConfigError
+from loadgen.errors import LoadgenError
 from loadgen.load.arrivals import ARRIVAL_KINDS
 from loadgen.workload.datasets import FORMATS
 
@@ -30,7 +31,11 @@ def _off_or_duration(raw, flag: str) -> float | None:
     """A duration, or 0/off for none (a watchdog that may be switched off)."""
     if isinstance(raw, str) and raw.strip().lower() in OFF or raw == 0 and not isinstance(raw, bool):
         return None
-    return k.duration.read(raw, flag)
+    try:
+        return k.duration.read(raw, flag)
+    except LoadgenError:
+        raise LoadgenError(f"{flag}: {raw!r} is not a duration: give one such as 60s or 2m, or 0 (off) for "
+                           "none") from None
 
 
 OFF_OR_DURATION = k.Kind(_off_or_duration, k.duration.yaml_types, k.duration.show)
