@@ -26,6 +26,33 @@ ERROR_TEXT_LIMIT = 500
 BODY_QUOTE_LIMIT = 200  # of a 200 response that is not an event stream: the server's message, not its page
 
 
+class StreamActivity:
+    """What the run's stall watchdog (loadgen/load/stop.py) reads, kept by `send_request`: how many requests are
+    in flight, and when the last byte of a stream's body arrived on any of them (perf_counter_ns). Response
+    headers do not count: a server whose engine died can still answer them from its HTTP front. Per chunk it costs
+    one attribute store, the hot path's only addition; an attribute, not a method, for that reason."""
+
+    __slots__ = ("in_flight", "last_byte_ns", "busy_since_ns")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.last_byte_ns = 0
+        self.busy_since_ns = 0  # when in_flight last went from 0 to 1: silence counts from there, not from before
+
+    def begin(self) -> None:
+        if not self.in_flight:
+            self.busy_since_ns = time.perf_counter_ns()
+        self.in_flight += 1
+
+    def end(self) -> None:
+        self.in_flight -= 1
+
+    def quiet_since_ns(self) -> int:
+        """Since when no byte arrived while requests were in flight; a new request on a silent server does not
+        reset it (an open loop keeps sending into a stalled server)."""
+        return max(self.last_byte_ns, self.busy_since_ns)
+
+
 @dataclass(frozen=True)
 class Target:
     base_url: str
@@ -171,7 +198,10 @@ async def send_request(
     scheduled_s: float | None,
     timeout_s: float | None,
     idle_timeout_s: float | None = None,
+    activity: StreamActivity | None = None,
 ) -> RequestRecord | None:
+    if activity is None:
+        activity = StreamActivity()
     parser = target.protocol.parser(collect_text=target.count_tokens is not None)
     body = json.dumps(target.protocol.payload(target.model, spec.prompt, spec.output_tokens)).encode()
     chunk_ns: list[int] = []
@@ -180,6 +210,7 @@ async def send_request(
     clock = time.perf_counter_ns
     body_sent = [0]  # filled by the session's trace when the body reaches the socket
     requested_ns = clock()
+    activity.begin()
     try:
         async with asyncio.timeout(timeout_s):
             async with session.post(target.parsed_url, data=body, headers=target.request_headers,
@@ -195,7 +226,7 @@ async def send_request(
                     # One wake-up per network read (not per SSE line); lines read together share a stamp.
                     reader, head = LineReader(), b""
                     async for data in resp.content.iter_any():
-                        now = clock()
+                        now = activity.last_byte_ns = clock()
                         if not head:
                             head = data[:200]  # quoted if the body turns out not to be an event stream
                         for line in reader.feed(data):
@@ -237,6 +268,8 @@ async def send_request(
         status, error = "error:http", str(exc)
     except (aiohttp.ClientError, OSError) as exc:
         status, error = "error:connection", f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
+    finally:
+        activity.end()
     finished_ns = clock()
     if status == CANCELLED and not body_sent[0]:
         return None  # stopped before its bytes left: never sent, so no record (the server never saw it)

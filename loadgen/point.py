@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from loadgen.load import LoadOutcome, LoadPlan, LocalRunner
 from loadgen.load.processes import ProcessRunner, choose_workers, client_summary, on_this_host
 from loadgen.metrics import client_cpu_warning, summarize
 from loadgen.records import read_records
+from loadgen.redaction import redact
 from loadgen.run_events import RunEvents, RunResult
 from loadgen.rundir import environment, utc_now, write_json
 
@@ -114,9 +116,25 @@ def _summary(records, slo: dict | None, endpoint: Endpoint, workload, outcome: L
         summary["warnings"].append(warning)
     summary["interrupted"] = outcome.interrupted
     summary["stopped_early"] = outcome.stopped_early
+    summary["stalled"] = outcome.stalled
     if outcome.stopped_early:
         summary["warnings"].insert(0, f"run stopped early: {outcome.stopped_early}")
+    if outcome.stopped_early or (not outcome.interrupted and run_json.every_request_failed(summary)):
+        quote = _server_log_error(endpoint)
+        if quote:
+            summary["server_log_error"] = quote
     return summary
+
+
+def _server_log_error(endpoint: Endpoint) -> str | None:
+    """Why a server loadgen launched stopped answering, from its own log (None for --url: no log of ours)."""
+    return run_json.server_log_error(endpoint.server.log_path) if endpoint.server is not None else None
+
+
+def server_log_line(summary: dict) -> str | None:
+    """The one line `run` and `sweep` print after saying a run stopped early or failed."""
+    quote = summary.get("server_log_error")
+    return redact(f"server.log: {quote}") if quote else None
 
 
 async def run_point(endpoint: Endpoint, config: RunConfig, plan: LoadPlan, workload, run_dir: Path,
@@ -170,7 +188,10 @@ async def _run(settings: PointSettings, endpoint: Endpoint, protocol, target: Ta
             finally:
                 client_cpu = (time.process_time() - clock[0], time.perf_counter() - clock[1])
     except BaseException as exc:
-        info.failed(exc)
+        quote = None if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else _server_log_error(endpoint)
+        if quote:
+            print(redact(f"server.log: {quote}"), file=sys.stderr)
+        info.failed(exc, **({"server_log_error": quote} if quote else {}))
         raise
     finally:
         await events.stopped.fire_and_wait(outcome)

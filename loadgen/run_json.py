@@ -3,9 +3,17 @@ changes (running, then finished / interrupted / stopped_early, or failed)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from backends.process import log_tail
 from loadgen.rundir import environment, utc_now, write_json
+
+SERVER_LOG_QUOTE_LIMIT = 300
+SERVER_LOG_SCAN_LINES = 2000  # a stalled engine's last words are near the end; a long run's log can be large
+_LEVEL = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b")  # a logging level: vLLM, SGLang, LightLLM, TGI all print one
+_EXCEPTION = re.compile(r"\b\w*(Error|Exception)\b:")  # a traceback's last line, for logs without levels
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _first_line(error: BaseException) -> str:
@@ -23,14 +31,28 @@ def every_request_failed(summary: dict) -> str | None:
     return f"every request failed ({failed} of {counts.get('total', failed)}{': ' + kinds if kinds else ''})"
 
 
+def server_log_error(path: Path) -> str | None:
+    """The last error line of a launched server's log, trimmed, or None: the one line that says why a server
+    stopped answering (on an H200, LightLLM's `Batch decode encountered an unexpected ERROR: CUDA out of
+    memory`), quoted when a run against it stops early or fails. A line with an error level is preferred to a
+    traceback's last line."""
+    lines = [_ANSI.sub("", line).strip() for line in log_tail(path, SERVER_LOG_SCAN_LINES).splitlines()]
+    for pattern in (_LEVEL, _EXCEPTION):
+        found = next((line for line in reversed(lines) if pattern.search(line)), None)
+        if found:
+            text = " ".join(found.split())
+            return text[:SERVER_LOG_QUOTE_LIMIT] + ("..." if len(text) > SERVER_LOG_QUOTE_LIMIT else "")
+    return None
+
+
 class RunJson:
     def __init__(self, run_dir: Path, info: dict, workload=None):
         self.path, self.workload = run_dir / "run.json", workload
         self.info = {"status": "running", "started_at": utc_now(), "environment": environment(), **info}
         write_json(self.path, self.info)
 
-    def failed(self, error: BaseException) -> None:
-        self.info.update(status="failed", finished_at=utc_now(), error=_first_line(error))
+    def failed(self, error: BaseException, **fields) -> None:
+        self.info.update(status="failed", finished_at=utc_now(), error=_first_line(error), **fields)
         write_json(self.path, self.info)
 
     def finished(self, result) -> None:
@@ -41,7 +63,9 @@ class RunJson:
         # a run that ran its course and measured nothing failed; an interrupted or stopped one says that instead
         failure = every_request_failed(result.summary) if status == "finished" else None
         extra = {"error": failure} if failure else {}
-        self.ended("failed" if failure else status, stopped_early=outcome.stopped_early,
+        if result.summary.get("server_log_error"):
+            extra["server_log_error"] = result.summary["server_log_error"]
+        self.ended("failed" if failure else status, stopped_early=outcome.stopped_early, stalled=outcome.stalled,
                    origin_perf_counter_ns=outcome.origin_ns, wall_s=outcome.wall_s,
                    workload=self.workload.describe(), **extra)
 

@@ -4,9 +4,15 @@ broken framing, resets.
 
 Each request's behaviour (its mode) is, in order: the path's `/fault/<mode>/` prefix (`--url
 http://host:port/fault/crlf`), the request's `model` when it names a mode, else the next of a seeded,
-deterministic sequence built from --mix (e.g. ok:4,http500:1,cut:1). GET /fault/log says how many requests
+deterministic sequence built from --mix (e.g. ok:4,http500:1,cut:1; --in-order: as written). GET /fault/log says how many requests
 got each mode (`served` is the total, so a test can check sent == records) and when the last requests' first
 and second tokens were written (time.perf_counter_ns, CLOCK_MONOTONIC like the client's stamps).
+
+--stall-after N makes the whole server stall once N completions were asked for, as an engine that died behind a
+live HTTP front (LightLLM on an H200, CUDA out of memory): every stream, those in progress included, goes silent
+at its next write, and new requests get their headers and then nothing; --log-error TEXT is then printed to stderr,
+as the engine's last words. Flags it does not know (a framework's launch argv, through loadgen's --engine-cmd)
+are ignored.
 
     python tests/fault_server.py --port 8000 --mix ok:3,http500:1 --tokens 8 --itl 0.002
 """
@@ -20,6 +26,7 @@ import random
 import signal
 import socket
 import struct
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -98,13 +105,18 @@ class FaultServer:
     seed: int = 0
     oversized_mib: int = 96
     port: int = 0
+    in_order: bool = False  # the --mix sequence as written, not shuffled
+    stall_after: int | None = None  # completions asked for, after which the whole server goes silent
+    log_error: str | None = None  # printed to stderr when it does
+    stalled: bool = False
     counts: Counter = field(default_factory=Counter)
     served: int = 0
     first_tokens: deque = field(default_factory=lambda: deque(maxlen=64))
 
     def __post_init__(self) -> None:
         self.sequence = parse_mix(self.mix)
-        random.Random(self.seed).shuffle(self.sequence)
+        if not self.in_order:
+            random.Random(self.seed).shuffle(self.sequence)
 
     # ---- HTTP/1.1 by hand ----
 
@@ -180,6 +192,10 @@ class FaultServer:
         mode = self._mode(path, request.body)
         self.served += 1
         self.counts[mode] += 1
+        if self.stall_after is not None and self.served > self.stall_after and not self.stalled:
+            self.stalled = True
+            if self.log_error:
+                print(self.log_error, file=sys.stderr, flush=True)
         chat = path.endswith("/chat/completions")
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
         if mode == "reset":
@@ -238,6 +254,8 @@ class FaultServer:
         async def send(data: bytes) -> None:
             if not data:
                 return
+            if self.stalled:
+                await asyncio.sleep(3600)
             if mode == "fragmented":  # CR at the end of one read, LF at the start of the next
                 pieces, start = [], 0
                 for at in range(len(data)):
@@ -324,7 +342,7 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mix", default="ok", help="mode:weight,... from: " + ", ".join(MODES))
     parser.add_argument("--tokens", type=int, default=8)
@@ -332,8 +350,12 @@ def main() -> None:
     parser.add_argument("--slow-first", type=float, default=0.3)
     parser.add_argument("--oversized-mib", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    server = FaultServer(args.mix, args.tokens, args.itl, args.slow_first, args.seed, args.oversized_mib)
+    parser.add_argument("--in-order", action="store_true", help="the --mix sequence as written, not shuffled")
+    parser.add_argument("--stall-after", type=int, default=None)
+    parser.add_argument("--log-error", default=None)
+    args, _ = parser.parse_known_args()  # a framework's flags, when launched through --engine-cmd
+    server = FaultServer(args.mix, args.tokens, args.itl, args.slow_first, args.seed, args.oversized_mib,
+                         in_order=args.in_order, stall_after=args.stall_after, log_error=args.log_error)
     asyncio.run(server.serve("127.0.0.1", args.port,
                              lambda port: print(f"fault server on 127.0.0.1:{port}", flush=True)))
 

@@ -12,7 +12,7 @@ from loadgen.config.assemble import build_workload, load_plan
 from loadgen.endpoint import open_endpoint
 from loadgen.interrupts import INTERRUPTS
 from loadgen.outputs.console import format_summary
-from loadgen.point import record_failed_start, record_interrupted_start, run_point
+from loadgen.point import record_failed_start, record_interrupted_start, run_point, server_log_line
 from loadgen.run_json import every_request_failed
 from loadgen.rundir import create_run_dir
 
@@ -49,11 +49,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     print_result(config.output, summary, format_summary(summary, run_dir), run_dir)
     failure = every_request_failed(summary)
+    log_line = server_log_line(summary)  # a launched server's own last error, when it stopped or failed the run
     if failure and not interrupted and not summary.get("stopped_early"):  # an error limit says why it stopped
         print(f"loadgen: error: {failure}; the server's answers are in {run_dir / 'requests.jsonl'}", file=sys.stderr)
+        if log_line:
+            print(log_line, file=sys.stderr)
         return 1
     if summary.get("stopped_early"):
         print(f"loadgen: run stopped early: {summary['stopped_early']}; what was measured is in {run_dir}",
               file=sys.stderr)
+        if log_line:
+            print(log_line, file=sys.stderr)
         return 1
     return 130 if interrupted else 0

@@ -37,7 +37,7 @@ from loadgen.config.assemble import build_workload, load_plan
 from loadgen.endpoint import open_endpoint
 from loadgen.interrupts import INTERRUPTS
 from loadgen.pace import judge
-from loadgen.point import record_failed_start, record_interrupted_start, run_point
+from loadgen.point import record_failed_start, record_interrupted_start, run_point, server_log_line
 from loadgen.run_json import every_request_failed
 from loadgen.rundir import create_run_dir, slug, write_json
 from loadgen.sweep import (
@@ -53,6 +53,16 @@ from loadgen.sweep import (
 )
 
 SEARCH = ("until_slo", "slo_fraction", "start_qps", "max_qps", "precision", "rate_tolerance")
+
+
+class _Stalled(Exception):
+    """A point stopped because the server stalled: the sweep ends there, since every later point would measure a
+    server that no longer answers (on an H200, LightLLM's inference process had died while its HTTP front stayed
+    up)."""
+
+    def __init__(self, entry: dict) -> None:
+        super().__init__(entry["label"])
+        self.entry = entry
 
 
 def add_sweep_parser(sub) -> None:
@@ -156,12 +166,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 entry = {"label": label, "qps": qps, "concurrency": concurrency, "run_dir": str(run_dir),
                          "summary": summary, "verdict": verdict.to_json()}
                 points.append(entry)
-                write_json(base / "sweep.json", _sweep_json(config, endpoint.simulated, points, None, criteria))
+                stalled = summary.get("stalled")
+                write_json(base / "sweep.json", _sweep_json(config, endpoint.simulated, points, None, criteria,
+                                                            label if stalled else None))
                 if not config.output.quiet:
                     print(f"{label}: " + ("meets" if verdict.meets else "fails: " + "; ".join(verdict.reasons)),
                           file=sys.stderr)
                 if interrupted:
                     raise KeyboardInterrupt
+                if stalled:
+                    raise _Stalled(entry)
                 return entry
 
             if searching:
@@ -180,9 +194,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 await point(qps=q, concurrency=c)
             return None
 
+    stalled: dict | None = None
     try:
         with INTERRUPTS.on_force(lambda: None if points else record_interrupted_start(base, config)):
             search = eventloop.run(INTERRUPTS.guarded(go()))
+    except _Stalled as exc:
+        stalled, search = exc.entry, None
     except USER_ERRORS as exc:
         record_failed_start(base, config, exc)
         raise
@@ -200,6 +217,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     result = json.loads((base / "sweep.json").read_text())
     print_result(config.output, result, text, base)
     write_report_if_asked(config.output, base)
+    if stalled is not None:
+        later = " (later points were not run: they would measure a server that no longer answers)"
+        print(f"loadgen: error: sweep stopped at point {stalled['label']}: {stalled['summary']['stopped_early']}"
+              f"{later if searching or len(points) < len(listed) else ''}; "
+              f"{len(points)} point(s) in {base / 'sweep.json'}", file=sys.stderr)
+        log_line = server_log_line(stalled["summary"])
+        if log_line:
+            print(log_line, file=sys.stderr)
+        return 1
     failures = [every_request_failed(p["summary"]) for p in points]
     if points and all(failures):
         print(f"loadgen: error: every point measured nothing: {points[0]['label']}: {failures[0]}; the server's "
@@ -208,7 +234,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep_json(config: RunConfig, simulated: bool, points: list[dict], search: dict | None, criteria: dict) -> dict:
+def _sweep_json(config: RunConfig, simulated: bool, points: list[dict], search: dict | None, criteria: dict,
+                stalled_at: str | None = None) -> dict:
     keep = ("requests", "throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "goodput", "lateness_ms", "pace")
     return {
         "simulated": simulated,
@@ -217,4 +244,5 @@ def _sweep_json(config: RunConfig, simulated: bool, points: list[dict], search: 
         "points": [{k: v for k, v in p.items() if k != "summary"} | {k: p["summary"].get(k) for k in keep}
                    for p in points],
         "search": search,
+        "stalled_at": stalled_at,  # the point at which the server stopped answering: the sweep ended there
     }

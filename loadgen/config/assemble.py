@@ -23,7 +23,7 @@ def load_plan(config: RunConfig) -> LoadPlan:
         num = DEFAULT_NUM_REQUESTS
     common = dict(num_requests=num, duration_s=load.duration, warmup=load.warmup or 0, timeout_s=load.timeout,
                   seed=config.workload.seed, idle_timeout_s=load.idle_timeout, max_errors=load.max_errors,
-                  max_error_rate=load.max_error_rate)
+                  max_error_rate=load.max_error_rate, stall_timeout_s=load.stall_timeout)
     if load.arrival == TRACE:
         return LoadPlan(trace_time_scale=load.time_scale, **common)
     if load.concurrency is not None:

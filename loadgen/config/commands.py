@@ -108,4 +108,4 @@ LOCUSTFILE_FIELDS: dict[str, tuple[str, ...]] = {
 # closed loop's users and run time, the per-request timeout and the run directory
 LOCUST_CLI_SKIP = ("target.dry_run", "load.qps", "load.arrival", "load.burstiness", "load.time_scale",
                    "load.num_requests", "load.warmup", "load.idle_timeout", "load.max_errors", "load.max_error_rate",
-                   "load.workers", "output.json", "output.quiet", "output.report", "output.csv")
+                   "load.stall_timeout", "load.workers", "output.json", "output.quiet", "output.report", "output.csv")

@@ -16,6 +16,7 @@ from backends.registry import ENDPOINTS, FRAMEWORKS
 from loadgen.config import kinds as k
 from loadgen.config.fields import Section, option
 from loadgen.config.kinds import ConfigError
+from loadgen.errors import LoadgenError
 from loadgen.load.arrivals import ARRIVAL_KINDS
 from loadgen.workload.datasets import FORMATS
 
@@ -23,6 +24,21 @@ TRACE = "trace"
 DEFAULT_QPS = 10.0
 DEFAULT_NUM_REQUESTS = 100
 BACKENDS = ("sim", "openai", *FRAMEWORKS)
+OFF = ("0", "off", "none")
+
+
+def _off_or_duration(raw, flag: str) -> float | None:
+    """A duration, or 0/off for none (a watchdog that may be switched off)."""
+    if isinstance(raw, str) and raw.strip().lower() in OFF or raw == 0 and not isinstance(raw, bool):
+        return None
+    try:
+        return k.duration.read(raw, flag)
+    except LoadgenError:
+        raise LoadgenError(f"{flag}: {raw!r} is not a duration: give one such as 60s or 2m, or 0 (off) for "
+                           "none") from None
+
+
+OFF_OR_DURATION = k.Kind(_off_or_duration, k.duration.yaml_types, k.duration.show)
 
 
 @dataclass(frozen=True)
@@ -189,6 +205,10 @@ class LoadConfig(Section):
     timeout: float = option(600.0, k.duration, help="per-request limit, e.g. 30s (default 600s)")
     idle_timeout: float | None = option(None, k.duration, help="fail a request after this long without a byte, "
                                                                "e.g. 30s (default: no limit)")
+    stall_timeout: float | None = option(
+        60.0, OFF_OR_DURATION,
+        help="stop the run early when requests are in flight and no byte arrived on any of them for this long: the "
+             "server stalled (default 60s, above any prefill a lone request waits for; 0 or off: never)")
     max_errors: int | None = option(None, k.nonneg_int, help="stop the run early once more than N requests failed "
                                                              "(errors and timeouts)")
     max_error_rate: float | None = option(None, k.fraction,

@@ -15,11 +15,11 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from loadgen.client import Target, send_request
+from loadgen.client import StreamActivity, Target, send_request
 from loadgen.load.arrivals import SPARE_S, ArrivalProcess, FedSchedule, Schedule
 from loadgen.load.stop import StopSignal
 from loadgen.records import RequestRecord
@@ -48,6 +48,7 @@ class LoadPlan:
     max_errors: int | None = None  # stop the run after this many failed requests (errors and timeouts)
     max_error_rate: float | None = None  # ... or when this fraction of finished requests failed
     error_rate_min_requests: int = 20  # the rate rule waits for this many finished requests
+    stall_timeout_s: float | None = None  # stop the run when no byte arrived on any in-flight request this long
 
     @property
     def mode(self) -> str:
@@ -74,6 +75,7 @@ class LoadPlan:
             "idle_timeout_s": self.idle_timeout_s,
             "max_errors": self.max_errors,
             "max_error_rate": self.max_error_rate,
+            "stall_timeout_s": self.stall_timeout_s,
             "seed": self.seed,
         }
 
@@ -87,6 +89,7 @@ class Sender:
     plan: LoadPlan
     origin_ns: int
     done: Callable[[RequestRecord], None]
+    activity: StreamActivity = field(default_factory=StreamActivity)  # what the stall watchdog reads
 
     async def conversation(self, first: RequestSpec, position: int, scheduled_s: float | None) -> None:
         """Send a spec, then each later turn of its conversation as soon as the previous one completed.
@@ -95,14 +98,14 @@ class Sender:
         plan = self.plan
         phase = "warmup" if position < plan.warmup else "measured"
         record = await send_request(self.session, self.target, first, self.origin_ns, phase, scheduled_s,
-                                    plan.timeout_s, plan.idle_timeout_s)
+                                    plan.timeout_s, plan.idle_timeout_s, self.activity)
         spec = first.next_turn
         while record is not None:  # None: stopped before it was sent, so not a record
             self.done(record)
             if spec is None or not record.ok:
                 break
             record = await send_request(self.session, self.target, spec, self.origin_ns, phase, None,
-                                        plan.timeout_s, plan.idle_timeout_s)
+                                        plan.timeout_s, plan.idle_timeout_s, self.activity)
             spec = spec.next_turn
 
 

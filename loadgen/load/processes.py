@@ -6,7 +6,7 @@ take one, so a run sends the same requests at the same offsets whatever N is. Al
 clock origin: perf_counter_ns is CLOCK_MONOTONIC, one clock for every process of a host, so records from
 different workers are on one time axis. Each record comes
 back the moment its request ends and goes through the runner's one sink; the stop signal (Ctrl-C, an error
-limit) stops every worker, whose in-flight requests come back as `cancelled`. The worker's side is
+limit, a stall) stops every worker, whose in-flight requests come back as `cancelled`. The worker's side is
 loadgen/load/worker.py.
 """
 
@@ -30,7 +30,8 @@ from loadgen.load.plans import LoadPlan, Share, split_evenly
 from loadgen.load.runner import Runner
 from loadgen.run_events import RunEvents
 
-__all__ = ["ProcessRunner", "WorkerJob", "choose_workers", "client_summary", "on_this_host", "split_evenly"]
+__all__ = ["ProcessRunner", "WorkerJob", "WorkersActivity", "activity_period", "choose_workers", "client_summary",
+           "on_this_host", "split_evenly"]
 
 READY_TIMEOUT_S = 120.0  # a worker imports aiohttp and opens its connections before the clock starts
 STOP_GRACE_S = 30.0  # after a stop, how long workers get to return their cancelled requests
@@ -85,6 +86,38 @@ def client_summary(parent: tuple[float, float], workers: list[dict] | None) -> d
     return out
 
 
+def activity_period(stall_timeout_s: float) -> float:
+    """How often a worker tells the parent about its streams: well inside the stall timeout, so that the parent's
+    view is never stale by more than a quarter of it, and at most once a second (one small frame a second)."""
+    return min(1.0, stall_timeout_s / 4)
+
+
+class WorkersActivity:
+    """The stall watchdog's view of every worker's streams together, so that the condition is the run's: no byte on
+    ANY worker's in-flight requests, as in one process.
+
+    Why not a watchdog in each worker that requests the shared stop (as a crossed error limit does): a worker's
+    own streams can all be waiting for a first token on a healthy server that is streaming to another worker's
+    requests (few users per worker, a small batch), and that is overload, not a stall. So each worker reports its
+    in-flight count and since when it has been quiet (`quiet_since_ns`, on the host's one monotonic clock) every
+    `activity_period` while it changes, and the parent's one watchdog reads them merged: in flight is the sum, and
+    quiet since is the latest of the workers' (a byte on any worker ends the silence). The parent's view lags by
+    at most one period, so it can only fire later than a single process would, never earlier."""
+
+    def __init__(self) -> None:
+        self.reports: dict[int, tuple[int, int]] = {}  # worker -> (in flight, quiet since ns)
+
+    def report(self, worker: int, in_flight: int, quiet_since_ns: int) -> None:
+        self.reports[worker] = (in_flight, quiet_since_ns)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(n for n, _ in self.reports.values())
+
+    def quiet_since_ns(self) -> int:
+        return max((since for _, since in self.reports.values()), default=0)
+
+
 @dataclass
 class _Worker:
     index: int
@@ -126,6 +159,7 @@ class ProcessRunner(Runner):
         super().__init__(target, workload, plan, events, keep_records=False)
         self.workers, self.tokenizer = workers, tokenizer
         self.started: list[_Worker] = []
+        self.activity = WorkersActivity()
 
     async def _start(self) -> int:
         work = self.shape.prepare(self.workload)
@@ -179,6 +213,8 @@ class ProcessRunner(Runner):
                     w.send(("end",))
                 else:
                     w.send(("specs", [item]))
+            elif kind == "activity":
+                self.activity.report(w.index, message[1], message[2])
             elif kind == "done":
                 w.cpu_s, w.wall_s, w.finished = message[1], message[2], True
                 return

@@ -15,11 +15,11 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from loadgen.client import make_session, open_connections
+from loadgen.client import StreamActivity, make_session, open_connections
 from loadgen.load import channel
 from loadgen.load.arrivals import FedSchedule
 from loadgen.load.plans import Sender, shape_of
-from loadgen.load.processes import WorkerJob
+from loadgen.load.processes import WorkerJob, activity_period
 from loadgen.load.stop import StopSignal
 from loadgen.records import RequestRecord
 
@@ -51,6 +51,18 @@ class _ParentFeed:
         if not self.writer.is_closing():  # closed: the parent is gone, and the stop follows
             self.writer.write(channel.frame(("want",)))
         return self.queue.popleft()
+
+
+async def _report_activity(activity: StreamActivity, period_s: float, writer: asyncio.StreamWriter) -> None:
+    """The parent's stall watchdog watches every worker's streams together (WorkersActivity says why): tell it
+    this worker's in-flight count and since when they have been quiet, whenever that changed."""
+    last = None
+    while not writer.is_closing():
+        now = (activity.in_flight, activity.quiet_since_ns())
+        if now != last:
+            writer.write(channel.frame(("activity", *now)))
+            last = now
+        await asyncio.sleep(period_s)
 
 
 async def _work(fd: int) -> None:
@@ -92,6 +104,10 @@ async def _work(fd: int) -> None:
         sender = Sender(session, target, job.plan, origin_ns, done)
         load = asyncio.create_task(shape.drive(sender, feed, stop, share.users))
         stop.on_request(load.cancel)
+        reporter = None
+        if job.plan.stall_timeout_s:
+            reporter = asyncio.create_task(_report_activity(sender.activity, activity_period(job.plan.stall_timeout_s),
+                                                            writer))
 
         async def control() -> None:
             while True:
@@ -110,6 +126,8 @@ async def _work(fd: int) -> None:
         except asyncio.CancelledError:
             pass
         listener.cancel()
+        if reporter is not None:
+            reporter.cancel()
         if not writer.is_closing():
             writer.write(channel.frame(("done", time.process_time() - cpu0, time.perf_counter() - wall0)))
             await writer.drain()
