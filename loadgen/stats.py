@@ -15,7 +15,8 @@ carries it into the interval. A side's statistic is then the mean over its runs 
 of the repeats), and a replicate is the mean over runs drawn with replacement, each itself resampled by request.
 With few repeats (2-3) the run level is coarse and the interval still somewhat narrow (a bootstrap of K runs sees
 (K-1)/K of their variance): more repeats make it honest. With one run per side the interval covers sampling noise
-within that run only.
+within that run only. Neither are a run's requests strictly independent (a queue makes neighbours alike, which an
+iid resample of requests ignores): one more reason the run level matters.
 
 Why a statistic needs enough values beyond it: a resample never holds a value above the run's maximum, so the
 percentile bootstrap of an extreme percentile is too narrow when few values lie beyond it. Simulated coverage of the
@@ -206,7 +207,7 @@ def _as_runs(side: RequestValues | Sequence[RequestValues]) -> list[RequestValue
 
 
 def interval(side: RequestValues | Sequence[RequestValues], stat: str = "p50", *, resamples: int = RESAMPLES,
-             level: float = LEVEL, seed: int = SEED) -> Interval:
+             level: float = LEVEL, seed: int | Sequence[int] = SEED) -> Interval:
     """The bootstrap interval of one side's statistic (one run, or the mean over repeats)."""
     runs = _as_runs(side)
     reps = side_replicates(runs, [stat], resamples, np.random.default_rng(seed))[:, 0]
@@ -215,7 +216,7 @@ def interval(side: RequestValues | Sequence[RequestValues], stat: str = "p50", *
 
 def differences(a: RequestValues | Sequence[RequestValues], b: RequestValues | Sequence[RequestValues],
                 stats: Sequence[str] = ("p50", "p99"), *, resamples: int = RESAMPLES, level: float = LEVEL,
-                seed: int = SEED) -> dict[str, Difference]:
+                seed: int | Sequence[int] = SEED) -> dict[str, Difference]:
     """B against A for each statistic: the sides are resampled independently (each from its own seeded stream),
     and the interval of B - A and of B/A - 1 is taken over the paired replicates."""
     runs_a, runs_b = _as_runs(a), _as_runs(b)

@@ -182,6 +182,12 @@ def test_no_winner_is_called_when_nothing_is_significant():
     assert summary_lines(sides, rows) == ["b vs a: no winner: every tested difference is within noise (1 tested)"]
     rows[0]["verdict"][1] = "faster"
     assert summary_lines(sides, rows) == ["b vs a: faster on TTFT p50 +10.0%"]
+    rows.append({"metric": "E2EL p50 (ms)", "values": [9.0, 9.0], "relative": [0.0, 0.0],
+                 "verdict": [None, WITHIN_NOISE]})
+    assert summary_lines(sides, rows) == ["b vs a: faster on TTFT p50 +10.0%; within noise on 1 more (1 of 2 "
+                                          "tested: at 95% each, one in 20 differs by chance alone)"]
+    rows[-1]["verdict"][1] = "slower"
+    assert summary_lines(sides, rows)[0].startswith("b vs a: mixed, no overall winner: faster on TTFT p50")
 
 
 class _Named:

@@ -155,9 +155,8 @@ SINGLE_RUN_NOTE = ("one run on a side: its interval covers sampling noise within
                    "runs with --group to include it")
 
 
-def _run_values(run: RunData, per_request: PerRequest) -> stats.RequestValues | None:
-    groups = [per_request(r) for r in run.records() if r.phase == "measured" and r.ok]
-    groups = [g for g in groups if g]
+def _run_values(records: list[RequestRecord], per_request: PerRequest) -> stats.RequestValues | None:
+    groups = [g for r in records if (g := per_request(r))]
     return stats.RequestValues.from_requests(groups) if groups else None
 
 
@@ -167,9 +166,11 @@ def tested_differences(sides: Sequence[Side], resamples: int = stats.RESAMPLES,
     for the first side). Seeded per metric, so a comparison prints the same intervals every time."""
     missing = [r for s in sides for r in s.runs if not (r.path / "requests.jsonl").is_file()]
     out: dict[tuple[str, str], list[stats.Difference | str | None]] = {}
+    records = [] if missing else [[[x for x in r.records() if x.phase == "measured" and x.ok] for r in s.runs]
+                                  for s in sides]
     for m, (metric, (per_request, stat_names)) in enumerate(TESTED.items()):
         cells: dict[str, list] = {st: [None] for st in stat_names}
-        values = None if missing else [[_run_values(r, per_request) for r in s.runs] for s in sides]
+        values = None if missing else [[_run_values(recs, per_request) for recs in side] for side in records]
         for i in range(1, len(sides)):
             if values is None:
                 why = f"{NOT_TESTED} (no requests.jsonl in {missing[0].name})"
@@ -181,12 +182,12 @@ def tested_differences(sides: Sequence[Side], resamples: int = stats.RESAMPLES,
                 for st in stat_names:
                     cells[st].append(why)
                 continue
-            few = {st: min(v.values.size for v in values[0] + values[i]) for st in stat_names}
-            testable = [st for st in stat_names if few[st] >= stats.min_values(st)]
+            few = min(v.values.size for v in values[0] + values[i])  # the smallest run decides
+            testable = [st for st in stat_names if few >= stats.min_values(st)]
             found = stats.differences(values[0], values[i], testable, resamples=resamples,
                                       seed=[seed, m, i]) if testable else {}
             for st in stat_names:
-                cells[st].append(found.get(st) or f"{NOT_TESTED} ({few[st]:,} values, needs "
+                cells[st].append(found.get(st) or f"{NOT_TESTED} ({few:,} values, needs "
                                                   f"{stats.min_values(st):,})")
         for st in stat_names:
             out[(metric, st)] = cells[st]
@@ -291,7 +292,11 @@ def summary_lines(items: Sequence[RunData | Side], rows: list[dict]) -> list[str
             continue
         parts = [f"{word} on {', '.join(found[word])}" for word in ("faster", "slower") if found[word]]
         mixed = "mixed, no overall winner: " if found["faster"] and found["slower"] else ""
-        lines.append(f"{head} {mixed}{'; '.join(parts)}" + (f"; within noise on {noise} more" if noise else ""))
+        line = f"{head} {mixed}{'; '.join(parts)}" + (f"; within noise on {noise} more" if noise else "")
+        if len(found["faster"]) + len(found["slower"]) == 1 and noise:
+            # each interval is 95%: among several tested statistics one in 20 is expected to differ by chance
+            line += f" (1 of {noise + 1} tested: at 95% each, one in 20 differs by chance alone)"
+        lines.append(line)
     return lines
 
 
