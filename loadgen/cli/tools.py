@@ -39,7 +39,7 @@ def add_report_parsers(sub) -> None:
 
     cmp_ = sub.add_parser("compare", help="compare runs side by side, and say which differences are more than noise",
                           description="Aligned summary table with relative differences against the first run (or "
-                                      "group of repeats), a 95%% bootstrap interval of each latency difference and "
+                                      "group of repeats), a 95% bootstrap interval of each latency difference and "
                                       "whether it is significant or within noise, and overlaid distributions with "
                                       "--output FILE.html.")
     cmp_.add_argument("runs", nargs="*", help="two or more run directories (each one side)")
