@@ -152,9 +152,11 @@ def test_a_larger_ttft_is_slower_with_an_interval_excluding_zero(tmp_path, start
     assert row["verdict"] == [None, "slower"]
     assert row["interval"][1]["diff_low"] > 0 and row["interval"][1]["relative_low"] > 0
     assert out["test"]["resamples"] == 2000 and out["test"]["method"] == "percentile bootstrap"
-    assert any("slow vs fast: slower on TTFT p50" in v for v in out["verdicts"])
+    # (the decode rows, 2 ms fixed on both, may go either way with this machine's load: only TTFT is asserted)
+    line = next(v for v in out["verdicts"] if v.startswith("slow vs fast: "))
+    assert "slower on TTFT p50 +" in line and "no winner: every" not in line
     table = run_loadgen("compare", str(a), str(b))
-    assert "slower" in _verdicts(table.stdout)["TTFT p50"] and "slow vs fast: slower on TTFT p50" in table.stdout
+    assert "slower" in _verdicts(table.stdout)["TTFT p50"] and line in table.stdout
     # repeats: each side two runs (the second run of a side from the same server)
     a2, b2 = _run(tmp_path / "fast2", "--url", fast.url, *lengths), _run(tmp_path / "slow2", "--url", slow.url, *lengths)
     grouped = run_loadgen("compare", "--group", str(a), str(a2), "--group", str(b), str(b2), "--json")
