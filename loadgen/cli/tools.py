@@ -12,8 +12,18 @@ from backends.sim import command as sim_backend
 from loadgen.config import kinds, list_scenarios, load_scenario
 from loadgen.config.sources import as_type
 from loadgen.errors import LoadgenError
-from loadgen.outputs.compare import check_comparable, comparison_rows, format_rows, load_run
+from loadgen.outputs.compare import (
+    Side,
+    check_sides,
+    comparison_rows,
+    format_headers,
+    format_rows,
+    load_run,
+    method_notes,
+    summary_lines,
+)
 from loadgen.rundir import writable_dir
+from loadgen.stats import LEVEL, RESAMPLES, SEED
 from scenarios.catalog import get_model, list_gpus, list_models
 
 DURATION = as_type(kinds.duration, "DURATION")
@@ -27,10 +37,16 @@ def add_report_parsers(sub) -> None:
     rep.add_argument("--csv", action="store_true", help="also write requests.csv and summary.csv (runs)")
     rep.set_defaults(func=cmd_report)
 
-    cmp_ = sub.add_parser("compare", help="compare runs side by side",
-                          description="Aligned summary table with relative differences against the first run, "
-                                      "and overlaid distributions with --output FILE.html.")
-    cmp_.add_argument("runs", nargs="+", help="two or more run directories")
+    cmp_ = sub.add_parser("compare", help="compare runs side by side, and say which differences are more than noise",
+                          description="Aligned summary table with relative differences against the first run (or "
+                                      "group of repeats), a 95% bootstrap interval of each latency difference and "
+                                      "whether it is significant or within noise, and overlaid distributions with "
+                                      "--output FILE.html.")
+    cmp_.add_argument("runs", nargs="*", help="two or more run directories (each one side)")
+    cmp_.add_argument("--group", action="append", nargs="+", metavar="RUN", default=[],
+                      help="one side made of several runs of one configuration (repeats); give --group once per "
+                           "side, e.g. --group a1 a2 a3 --group b1 b2 b3: runs are resampled too, so run-to-run "
+                           "variation enters the intervals")
     add_output(cmp_, "also write an HTML comparison with overlaid CDFs to this file", hidden=("--html",))
     cmp_.add_argument("--force", action="store_true", help="compare even though the workloads differ")
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -128,25 +144,41 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    if len(args.runs) < 2:
-        raise LoadgenError("compare needs at least two run directories")
-    runs = [load_run(p) for p in args.runs]
-    diffs = check_comparable(runs, args.force)
-    rows = comparison_rows(runs)
-    if args.json:
-        print(json.dumps({"runs": [str(r.path) for r in runs], "differences": diffs, "rows": rows}, indent=2))
+    if args.runs and args.group:
+        raise LoadgenError("give either run directories or --group lists (one per side), not both")
+    if args.group:
+        if len(args.group) < 2:
+            raise LoadgenError("compare needs at least two sides: give --group once per side")
+        sides = [Side([load_run(p) for p in group]) for group in args.group]
     else:
-        if any(r.simulated for r in runs):
+        if len(args.runs) < 2:
+            raise LoadgenError("compare needs at least two run directories")
+        sides = [Side([load_run(p)]) for p in args.runs]
+    diffs = check_sides(sides, args.force)
+    rows = comparison_rows(sides)
+    lines, notes = summary_lines(sides, rows), method_notes(sides)
+    if args.json:
+        print(json.dumps({"runs": [str(r.path) for s in sides for r in s.runs],
+                          "sides": [{"name": s.name, "runs": [str(r.path) for r in s.runs]} for s in sides],
+                          "differences": diffs, "rows": rows, "verdicts": lines,
+                          "test": {"method": "percentile bootstrap", "level": LEVEL, "resamples": RESAMPLES,
+                                   "seed": SEED, "notes": notes}}, indent=2))
+    else:
+        if any(s.simulated for s in sides):
             print("SIMULATED: at least one run's timings come from dissect's engine model.")
         for d in diffs:
             print(f"forced comparison: {d}")
-        print(tabulate(format_rows(runs, rows), headers=["metric", *(r.name for r in runs)],
-                       disable_numparse=True))
+        for s in sides:
+            if len(s.runs) > 1:
+                print(f"{s.name}: {', '.join(r.name for r in s.runs)}")
+        print(tabulate(format_rows(sides, rows), headers=format_headers(sides), disable_numparse=True))
+        for line in [*lines, *notes]:
+            print(line)
     if args.output:
         from loadgen.outputs.html_report import compare_report
 
         try:
-            Path(args.output).write_text(compare_report(runs, diffs), encoding="utf-8")
+            Path(args.output).write_text(compare_report(sides, diffs), encoding="utf-8")
         except OSError as exc:
             raise LoadgenError(f"cannot write --output {args.output}: {exc.strerror or exc}; choose another "
                                "file") from None

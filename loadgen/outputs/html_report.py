@@ -6,13 +6,24 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from loadgen.errors import LoadgenError
 from loadgen.metrics import e2el_ms, itl_ms, tpot_ms, ttft_ms
 from loadgen.outputs import plots, timeseries
-from loadgen.outputs.compare import RunData, comparison_rows, format_rows, load_run
+from loadgen.outputs.compare import (
+    RunData,
+    Side,
+    as_sides,
+    comparison_rows,
+    format_headers,
+    format_rows,
+    load_run,
+    method_notes,
+    summary_lines,
+)
 from loadgen.outputs.console import COLUMNS, METRICS
 from loadgen.pace import RATE_TOLERANCE, judge, kept_up, pace
 from loadgen.records import RequestRecord, read_records
@@ -253,16 +264,20 @@ def sweep_report(sweep_dir: Path, sweep: dict) -> str:
     return _page(f"loadgen sweep {sweep_dir.name}", sim, body)
 
 
-def compare_report(runs: list[RunData], diffs: list[str]) -> str:
-    sim = any(r.simulated for r in runs)
-    rows = comparison_rows(runs)
+def compare_report(items: Sequence[RunData | Side], diffs: list[str]) -> str:
+    sides = as_sides(items)
+    sim = any(s.simulated for s in sides)
+    rows = comparison_rows(sides)
     body = ""
     if diffs:
         body += "".join(f'<p class="warn">forced comparison: {html.escape(d)}</p>' for d in diffs)
-    body += "<p>Relative differences are against the first run.</p>"
-    body += _table(["metric", *(r.name + (" (SIMULATED)" if r.simulated else "") for r in runs)],
-                   format_rows(runs, rows))
-    records = {r.name: [x for x in r.records() if x.phase == "measured" and x.ok] for r in runs}
+    body += "<p>Relative differences are against the first side.</p>"
+    body += "".join(f"<p>{html.escape(s.name)}: {html.escape(', '.join(r.name for r in s.runs))}</p>"
+                    for s in sides if len(s.runs) > 1)
+    body += _table(format_headers(sides), format_rows(sides, rows))
+    body += "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(sides, rows)) + "</ul>"
+    body += "".join(f"<p>{html.escape(note)}</p>" for note in method_notes(sides))
+    records = {s.name: [x for r in s.runs for x in r.records() if x.phase == "measured" and x.ok] for s in sides}
     figs = []
     for label, fn in (("TTFT", ttft_ms), ("TPOT", tpot_ms), ("E2EL", e2el_ms)):
         series = {name: [v for x in recs if (v := fn(x)) is not None] for name, recs in records.items()}
@@ -270,7 +285,7 @@ def compare_report(runs: list[RunData], diffs: list[str]) -> str:
     series = {name: [g for x in recs for g in itl_ms(x)] for name, recs in records.items()}
     figs.append(_img(plots.cdf(series, "ms", "ITL distribution", sim), "ITL distribution"))
     body += '<h2>Overlaid distributions</h2><div class="grid">' + "".join(figs) + "</div>"
-    return _page("loadgen compare: " + " vs ".join(r.name for r in runs), sim, body)
+    return _page("loadgen compare: " + " vs ".join(s.name for s in sides), sim, body)
 
 
 def write_report(path: Path) -> Path:
