@@ -132,6 +132,13 @@ async def _work(fd: int) -> None:
             writer.write(channel.frame(("done", time.process_time() - cpu0, time.perf_counter() - wall0)))
             await writer.drain()
     writer.close()
+    # drain() returns once the buffer is under its high-water mark, not empty: without waiting for the close,
+    # the loop could end with the last records and "done" unsent, and the parent see a worker that "exited
+    # mid-run (exit code 0)" (seen once in CI, a closed loop stopping at an error limit with 2 workers).
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, BrokenPipeError):
+        pass  # the parent is gone: nobody to deliver to
 
 
 def main(argv: list[str]) -> int:
